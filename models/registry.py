@@ -1,0 +1,47 @@
+"""One model registry with thin builders, as in timm: `@register_model` and `create_model(name, ...)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from pacb_edge.errors import PacbEdgeError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a builder under its function name."""
+    assert fn.__name__ not in _MODELS, f"model {fn.__name__} registered twice"
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """The registered architecture names, sorted."""
+    return sorted(_MODELS)
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    attention: str | None = None,
+    width_mult: float = 1.0,
+    **kw,
+) -> nn.Module:
+    """Build a registered model.
+
+    `attention=None` keeps the architecture's own default (SE for MobileNetV3, none elsewhere); `"none"` removes it.
+    Raises `PacbEdgeError` listing the known names when `name` is unknown.
+    """
+    if name not in _MODELS:
+        raise PacbEdgeError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if num_classes < 1:
+        raise PacbEdgeError(f"num_classes must be >= 1, got {num_classes}")
+    if in_chans not in (1, 3):
+        raise PacbEdgeError(f"in_chans must be 1 or 3, got {in_chans}")
+    if width_mult <= 0:
+        raise PacbEdgeError(f"width_mult must be > 0, got {width_mult}")
+    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, attention=attention, width_mult=width_mult, **kw)

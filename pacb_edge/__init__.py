@@ -1,0 +1,3 @@
+"""pacb-edge: attention-guided channel pruning from training to measured edge deployment."""
+
+__version__ = "0.1.0"
