@@ -6,9 +6,20 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install sysdeps test test-fast demo lint clean
 
 install: $(STAMP)
+
+# Real peers for the device tests: OpenSSH's sshd (Jetson runner over ssh) and the adb client (Android runner).
+sysdeps:
+	@if ! test -x /usr/sbin/sshd || ! command -v adb >/dev/null || ! command -v ssh >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				openssh-server openssh-client adb >/dev/null; \
+		else \
+			echo "note: install openssh-server, openssh-client and adb (Debian packages) for the device tests"; \
+		fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +27,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[train,export,dev]'
 	@touch $(STAMP)
 
-test: install
+test: install sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install sysdeps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: install

@@ -1,0 +1,461 @@
+"""The `pacb-edge` command line. Thin: it parses options and calls library functions.
+
+Heavy libraries (torch, tensorflow, onnxruntime, tensorrt) are imported inside the commands, never at module level,
+so `pacb-edge --help` stays fast; tests/test_lazy_imports.py enforces it.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from pacb_edge.errors import NotYetAvailable, PacbEdgeError
+
+app = typer.Typer(
+    name="pacb-edge",
+    help="Attention-guided channel pruning, from training to measured deployment on Jetson Nano and Android.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a `PacbEdgeError` into a one-line message and its exit code, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PacbEdgeError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def _split_csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("models")
+@user_errors
+def models_cmd(
+    input_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 32,
+    num_classes: Annotated[int, typer.Option(help="Number of classes of the classifier head.")] = 10,
+    in_chans: Annotated[int, typer.Option(help="Input channels (1 or 3).")] = 3,
+    attention: Annotated[str, typer.Option(help="Comma-separated attention modules per arch ('none' = without).")] = (
+        "none,ca,sca"
+    ),
+    arch: Annotated[str, typer.Option(help="Comma-separated architectures (default: all registered).")] = "",
+    input_stem: Annotated[str, typer.Option(help="Override the stem: 'imagenet' or 'cifar' (default: per arch).")] = "",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON here.")] = None,
+) -> None:
+    """List every registered architecture and attention module with params, MACs and FLOPs."""
+    from rich.table import Table
+
+    from pacb_edge.fileio import atomic_write_json
+    from pacb_edge.models import list_attentions
+    from pacb_edge.zoo import model_table
+
+    if input_size < 8:
+        raise PacbEdgeError(f"--input-size must be at least 8, got {input_size}")
+    rows = model_table(
+        input_size=input_size,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        attentions=_split_csv(attention),
+        archs=_split_csv(arch) or None,
+        input_stem=input_stem or None,
+    )
+    table = Table(title=f"Models at {input_size}x{input_size}x{in_chans}, {num_classes} classes (batch 1)")
+    for col in ("arch", "attention", "params (M)", "MACs (M)", "FLOPs (M) = 2xMACs"):
+        table.add_column(col, justify="left" if col in ("arch", "attention") else "right")
+    for r in rows:
+        table.add_row(
+            r["arch"], r["attention"], f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e6:.2f}", f"{r['flops'] / 1e6:.2f}"
+        )
+    console.print(table)
+    console.print(f"attention modules: {', '.join(list_attentions())}")
+    if json_out is not None:
+        atomic_write_json(json_out, rows)
+        console.print(f"wrote {json_out}")
+
+
+def _not_yet(command: str, issue: str) -> None:
+    raise NotYetAvailable(f"'pacb-edge {command}' is not yet available (lands with the {issue} issue)")
+
+
+def _parse_layer_ratios(values: list[str]) -> dict[str, float]:
+    ratios = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            ratios[name.strip()] = float(value)
+        except ValueError:
+            raise PacbEdgeError(f"--layer-ratio expects NAME=RATIO, got {item!r}") from None
+    return ratios
+
+
+@app.command()
+@user_errors
+def train(
+    model: Annotated[str, typer.Option(help="Architecture (see `pacb-edge models`).")] = "mobilenetv3_large",
+    attention: Annotated[
+        str | None, typer.Option(help="Attention module: ca, sca, se, cbam, eca, sge, lam, none.")
+    ] = None,
+    dataset: Annotated[
+        str, typer.Option(help="digits, cifar10, cifar100, fashion-mnist, gtsrb or imagefolder:PATH.")
+    ] = ("digits"),
+    data_dir: Annotated[str | None, typer.Option(help="Where the dataset files are (or go with --download).")] = None,
+    download: Annotated[bool, typer.Option(help="Let torchvision download the dataset.")] = False,
+    input_size: Annotated[int, typer.Option(help="Model input size in pixels (the papers use 32).")] = 32,
+    input_stem: Annotated[str | None, typer.Option(help="imagenet (original stride) or cifar (stride-1 stem).")] = None,
+    width_mult: Annotated[float, typer.Option(help="Channel width multiplier.")] = 1.0,
+    grayscale_to_rgb: Annotated[bool, typer.Option(help="Repeat grayscale images to 3 channels.")] = False,
+    epochs: Annotated[int, typer.Option(help="Training epochs (with sparsity when --sparsity > 0).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Global batch size (split across DDP processes).")] = 64,
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum.")] = True,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on BN/bias).")] = 5e-4,
+    scheduler: Annotated[str, typer.Option(help="cosine or step (x0.1 at 50 % and 75 %).")] = "cosine",
+    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 1,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.0,
+    sparsity: Annotated[float, typer.Option(help="Network Slimming lambda: L1 on BN gamma (e.g. 1e-4).")] = 0.0,
+    amp: Annotated[bool, typer.Option(help="Mixed precision (CUDA only).")] = True,
+    channels_last: Annotated[bool, typer.Option(help="channels_last memory format (CUDA only).")] = True,
+    sync_bn: Annotated[bool, typer.Option(help="SyncBatchNorm under torchrun.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for splits, init and batches.")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    prune: Annotated[
+        str, typer.Option(help="Pruning criterion: bn-scale, sca-attention, se-attention, l1-norm, random, or none.")
+    ] = "none",
+    prune_ratio: Annotated[float | None, typer.Option(help="Global fraction of prunable channels to remove.")] = None,
+    prune_threshold: Annotated[float | None, typer.Option(help="Remove channels scoring below this instead.")] = None,
+    layer_ratio: Annotated[list[str] | None, typer.Option(help="Per-layer ratio NAME=RATIO (repeatable).")] = None,
+    min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a layer.")] = 4,
+    round_to: Annotated[int, typer.Option(help="Round kept channel counts up to a multiple (e.g. 8).")] = 1,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning.")] = 10,
+    finetune_lr: Annotated[float | None, typer.Option(help="Fine-tuning LR (default: lr / 5).")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
+    stage: Annotated[str, typer.Option(help="all, train, prune, finetune or eval.")] = "all",
+    checkpoint: Annotated[Path | None, typer.Option(help="Start a single stage from this checkpoint.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the stage from its last checkpoint.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Cap each split at N images (quick runs).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train (with sparsity), prune channels structurally, fine-tune and evaluate; writes a run directory."""
+    import shlex
+
+    from pacb_edge.pipeline import RunOptions, run_pipeline
+    from pacb_edge.prune import PruneConfig
+    from pacb_edge.train import TrainConfig
+
+    common = dict(
+        batch_size=batch_size,
+        optimizer=optimizer,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        scheduler=scheduler,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        amp=amp,
+        channels_last=channels_last,
+        sync_bn=sync_bn,
+        seed=seed,
+        num_workers=workers,
+    )
+    train_cfg = TrainConfig(epochs=epochs, lr=lr, sparsity=sparsity, **common)
+    finetune_cfg = TrainConfig(
+        epochs=finetune_epochs,
+        lr=finetune_lr or lr / 5,
+        warmup_epochs=0,
+        sparsity=0.0,
+        **{k: v for k, v in common.items() if k != "warmup_epochs"},
+    )
+    prune_cfg = None
+    if prune != "none":
+        prune_cfg = PruneConfig(
+            criterion=prune,
+            prune_ratio=prune_ratio if (prune_ratio is not None or prune_threshold) else 0.3,
+            prune_threshold=prune_threshold,
+            layer_ratios=_parse_layer_ratios(layer_ratio or []),
+            min_channels=min_channels,
+            round_to=round_to,
+            seed=seed,
+        )
+        prune_cfg.validate()
+    elif stage in ("prune", "finetune"):
+        raise PacbEdgeError(f"--stage {stage} needs a pruning criterion (--prune ...)")
+    for cfg in (train_cfg, finetune_cfg):
+        cfg.validate()
+    opts = RunOptions(
+        model=model,
+        attention=attention,
+        dataset=dataset,
+        data_dir=data_dir,
+        download=download,
+        input_size=input_size,
+        input_stem=input_stem,
+        width_mult=width_mult,
+        grayscale_to_rgb=grayscale_to_rgb,
+        limit=limit,
+        out=out,
+        stage=stage,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        command=shlex.join(["pacb-edge", *sys.argv[1:]]),
+        train=train_cfg,
+        finetune=finetune_cfg,
+        prune=prune_cfg,
+    )
+    metrics = run_pipeline(opts)
+    _print_run_summary(metrics, out)
+
+
+def _print_run_summary(metrics: dict[str, Any], out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"run {out}")
+    for col in ("stage", "test top-1 %", "val top-1 %", "params (M)", "MACs (M)", "FLOPs (M)", "wall s"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for name, rec in metrics.get("stages", {}).items():
+        rows = (
+            [(name, rec)]
+            if "test_top1" in rec
+            else [(f"{name}:{k}", v) for k, v in rec.items() if isinstance(v, dict) and "test_top1" in v]
+        )
+        for label, r in rows:
+            table.add_row(
+                label,
+                f"{100 * r['test_top1']:.2f}",
+                f"{100 * r['val_top1']:.2f}",
+                f"{r['params'] / 1e6:.3f}",
+                f"{r['macs'] / 1e6:.2f}",
+                f"{r['flops'] / 1e6:.2f}",
+                f"{rec.get('wall_seconds', 0):.1f}",
+            )
+    console.print(table)
+    console.print(f"metrics: {out / 'metrics.json'}")
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory, stage directory or model.safetensors.")],
+    target: Annotated[list[str] | None, typer.Option(help="onnx, trt or tflite (repeatable; default onnx).")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="fp32, fp16 or int8 (comma-separated; default: onnx fp32, tflite all three, trt fp16)."),
+    ] = None,
+    calibration_images: Annotated[int, typer.Option(help="Real training images for INT8 calibration.")] = 200,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: next to the checkpoint).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    dynamic_batch: Annotated[bool, typer.Option(help="ONNX with a dynamic batch axis.")] = False,
+    max_int8_drop: Annotated[float, typer.Option(help="Fail when INT8 loses more top-1 (pp) than this.")] = 1.0,
+    allow_drop: Annotated[bool, typer.Option(help="Keep going when INT8 loses more than --max-int8-drop.")] = False,
+    data_dir: Annotated[str | None, typer.Option(help="Dataset folder, for verification on real test images.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Verify on the first N test images only.")] = None,
+    host: Annotated[str | None, typer.Option(help="trt: user@jetson to copy the bundle to and build there.")] = None,
+    port: Annotated[int | None, typer.Option(help="ssh port for --host.")] = None,
+    remote_dir: Annotated[str, typer.Option(help="Folder on --host.")] = "pacb_edge",
+) -> None:
+    """Export a checkpoint to ONNX, TensorRT or INT8 TFLite, each verified against PyTorch on real test images."""
+    from rich.table import Table
+
+    from pacb_edge.export.api import export_checkpoint
+
+    report = export_checkpoint(
+        checkpoint,
+        target or ["onnx"],
+        precision=precision,
+        out_dir=out,
+        calibration_images=calibration_images,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        max_int8_drop=max_int8_drop,
+        allow_drop=allow_drop,
+        data_dir=data_dir,
+        eval_limit=eval_limit,
+        host=host,
+        port=port,
+        remote_dir=remote_dir,
+    )
+    table = Table(title=f"export of {report['checkpoint']} (PyTorch top-1 {100 * report['torch_top1']:.2f} %)")
+    for col in ("artifact", "format", "precision", "size (KB)", "top-1 %", "agreement %", "max |diff|", "time s"):
+        table.add_column(col, justify="left" if col in ("artifact", "format", "precision") else "right")
+    for a in report["artifacts"]:
+        v = a.get("verification") or {}
+        table.add_row(
+            Path(a["path"]).name,
+            a["format"],
+            a["precision"],
+            f"{a['size_bytes'] / 1024:.1f}" if a.get("size_bytes") else "-",
+            f"{100 * v['top1']:.2f}" if "top1" in v else "-",
+            f"{100 * v['top1_agreement']:.2f}" if "top1_agreement" in v else "-",
+            f"{v['max_abs_diff']:.2e}" if "max_abs_diff" in v else "-",
+            f"{a['export_seconds']:.1f}",
+        )
+    console.print(table)
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"report: {Path(report['out_dir']) / 'export_report.json'}")
+
+
+@app.command()
+@user_errors
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help="Checkpoints, .onnx, .tflite files or Jetson bundles.")],
+    device: Annotated[str, typer.Option(help="cpu, jetson or android.")] = "cpu",
+    baseline: Annotated[Path | None, typer.Option(help="Artifact whose latency the speed-ups are relative to.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs per artifact.")] = 20,
+    runs: Annotated[int, typer.Option(help="Timed runs per artifact (batch 1).")] = 100,
+    min_time: Annotated[float, typer.Option(help="Keep timing until this many seconds passed.")] = 0.0,
+    min_accuracy: Annotated[float, typer.Option(help="Mark artifacts under this top-1 (0-1) with ❎.")] = 0.0,
+    eval_limit: Annotated[int | None, typer.Option(help="Measure accuracy on the first N test images.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Expected dataset (checked against each manifest).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Dataset folder.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.csv and pareto.png.")] = Path("bench"),
+    host: Annotated[str | None, typer.Option(help="jetson: user@host (honours ~/.ssh/config).")] = None,
+    port: Annotated[int | None, typer.Option(help="jetson: ssh port.")] = None,
+    remote_dir: Annotated[str, typer.Option(help="jetson: folder on the device.")] = "pacb_edge",
+    local: Annotated[bool, typer.Option(help="jetson: run on this machine (on the Jetson itself).")] = False,
+    backend: Annotated[str, typer.Option(help="jetson: tensorrt or onnxruntime.")] = "tensorrt",
+    precision: Annotated[
+        str | None, typer.Option(help="jetson: fp32, fp16 or int8 (default fp16 for tensorrt, fp32 for onnxruntime).")
+    ] = None,
+    ssh_config: Annotated[str | None, typer.Option(help="jetson: ssh config file (ssh -F).")] = None,
+    serial: Annotated[str | None, typer.Option(help="android: adb serial.")] = None,
+    benchmark_binary: Annotated[Path | None, typer.Option(help="android: TFLite benchmark_model binary.")] = None,
+    eval_binary: Annotated[Path | None, typer.Option(help="android: TFLite run_eval (image classification).")] = None,
+    use_gpu: Annotated[bool, typer.Option(help="android: GPU delegate.")] = False,
+    use_nnapi: Annotated[bool, typer.Option(help="android: NNAPI delegate.")] = False,
+    use_xnnpack: Annotated[bool, typer.Option(help="android: XNNPACK delegate.")] = False,
+    taskset: Annotated[str | None, typer.Option(help="android: CPU affinity mask, e.g. f0.")] = None,
+) -> None:
+    """Per-image latency alongside accuracy for every artifact, on the host, a Jetson or an Android phone."""
+    from rich.table import Table
+
+    from pacb_edge.device_bench.bench import BenchOptions, run_bench, status_icon, write_reports
+
+    jetson_opts: dict[str, Any] = {}
+    android_opts: dict[str, Any] = {}
+    if device == "jetson":
+        if not host and not local:
+            raise PacbEdgeError("--device jetson needs --host user@ip (or --local on the Jetson itself)")
+        jetson_opts = dict(
+            host=None if local else host,
+            port=port,
+            remote_dir=remote_dir,
+            backend=backend,
+            precision=precision,
+            ssh_config=ssh_config,
+        )
+    elif device == "android":
+        delegates = [name for name, on in (("gpu", use_gpu), ("nnapi", use_nnapi), ("xnnpack", use_xnnpack)) if on]
+        if len(delegates) > 1:
+            raise PacbEdgeError("choose at most one of --use-gpu, --use-nnapi, --use-xnnpack")
+        android_opts = dict(
+            serial=serial,
+            benchmark_binary=benchmark_binary,
+            eval_binary=eval_binary,
+            delegate=delegates[0] if delegates else None,
+            taskset=taskset,
+        )
+    opts = BenchOptions(
+        device=device,
+        baseline=str(baseline) if baseline else None,
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        min_time=min_time,
+        min_accuracy=min_accuracy,
+        eval_limit=eval_limit,
+        data_dir=data_dir,
+        dataset=dataset,
+        out_dir=out,
+        jetson=jetson_opts,
+        android=android_opts,
+    )
+    results = run_bench([str(a) for a in artifacts], opts)
+    paths = write_reports(results, out, meta={"command": " ".join(["pacb-edge", *sys.argv[1:]]), "device": device})
+    table = Table(title=f"bench on {device} (batch 1, {runs} timed runs, interleaved)")
+    for col in (
+        "",
+        "artifact",
+        "format",
+        "prec",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "top-1 %",
+        "acc. measured on",
+        "size KB",
+        "speed-up",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("", "artifact", "format", "prec", "acc. measured on") else "right"
+        )
+    for r in results:
+        lat = r.latency_ms or {}
+        table.add_row(
+            status_icon(r.status),
+            Path(r.artifact).name if Path(r.artifact).name != "model.safetensors" else r.artifact,
+            r.format,
+            r.precision or "-",
+            f"{lat['p50']:.3f}" if lat.get("p50") is not None else "-",
+            f"{lat['p90']:.3f}" if lat.get("p90") is not None else "-",
+            f"{lat['p99']:.3f}" if lat.get("p99") is not None else "-",
+            f"{100 * r.top1:.2f}" if r.top1 is not None else "-",
+            r.accuracy_source or "-",
+            f"{r.size_bytes / 1024:.1f}" if r.size_bytes else "-",
+            f"{r.speedup_vs_baseline:.2f}x" if r.speedup_vs_baseline else "-",
+        )
+    console.print(table)
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        err_console.print(f"[red]❌ {r.artifact}:[/] {r.error}", highlight=False)
+    console.print(f"results: {paths['json']}, {paths['csv']}, {paths['png']}")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def demo() -> None:
+    """Run the main job end to end on the bundled digits data."""
+    _not_yet("demo", "main-job")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def reproduce() -> None:
+    """Rerun a paper's experiment grid (pacb or cpsca) and print its tables."""
+    _not_yet("reproduce", "main-job")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

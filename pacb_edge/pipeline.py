@@ -1,0 +1,249 @@
+"""The `pacb-edge train` pipeline: train (with sparsity) -> score -> prune structurally -> fine-tune -> evaluate.
+
+The run directory holds `base/` and `pruned/` checkpoints (safetensors + spec), `metrics.json` with every stage's
+accuracy, params, FLOPs, MACs, per-layer widths, wall time and the exact command, and the plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pacb_edge.errors import PacbEdgeError
+from pacb_edge.fileio import atomic_write_json, ensure_dir
+
+STAGES = ("all", "train", "prune", "finetune", "eval")
+
+
+@dataclass
+class RunOptions:
+    """What `pacb-edge train` was asked to do."""
+
+    model: str = "mobilenetv3_large"
+    attention: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    input_size: int = 32
+    input_stem: str | None = None
+    width_mult: float = 1.0
+    grayscale_to_rgb: bool = False
+    limit: int | None = None
+    out: Path = Path("runs/default")
+    stage: str = "all"
+    checkpoint: Path | None = None
+    resume: bool = False
+    progress: bool = True
+    score_images: int = 2048
+    command: str = ""
+    train: Any = None  # TrainConfig
+    finetune: Any = None  # TrainConfig
+    prune: Any = None  # PruneConfig, or None for no pruning
+    attention_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_metrics(out: Path) -> dict[str, Any]:
+    path = out / "metrics.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def _model_facts(model, spec) -> dict[str, Any]:
+    from pacb_edge.models.counting import count_flops, count_params, layer_widths
+
+    counts = count_flops(model, spec.input_size, spec.in_chans)
+    return {
+        "params": count_params(model),
+        "macs": counts["macs"],
+        "flops": counts["flops"],
+        "widths": layer_widths(model),
+    }
+
+
+def _evaluate_stage(model, spec, bundle, out_dir: Path, title: str) -> dict[str, Any]:
+    from pacb_edge.plots import plot_confusion_matrix
+    from pacb_edge.train import evaluate
+
+    test = evaluate(model, bundle.test, spec.num_classes)
+    val = evaluate(model, bundle.val, spec.num_classes)
+    plot_confusion_matrix(test["confusion"], spec.class_names, out_dir / "confusion.png", title=f"{title} (test)")
+    return {
+        "test_top1": test["top1"],
+        "val_top1": val["top1"],
+        "test_loss": test["loss"],
+        "n_test": test["n"],
+        "confusion": test["confusion"],
+    }
+
+
+def run_pipeline(opts: RunOptions) -> dict[str, Any]:
+    """Run the requested stage(s); returns the updated metrics dict (also written to `out/metrics.json`)."""
+    from pacb_edge.checkpoint import load_checkpoint, save_checkpoint
+    from pacb_edge.data import load_dataset
+    from pacb_edge.models import ModelSpec, create_model
+    from pacb_edge.plots import plot_training_curves
+    from pacb_edge.train import fit, setup_distributed
+
+    if opts.stage not in STAGES:
+        raise PacbEdgeError(f"unknown stage {opts.stage!r}; choose one of {', '.join(STAGES)}")
+    out = ensure_dir(opts.out)
+    info = setup_distributed()
+    bundle = load_dataset(
+        opts.dataset,
+        data_dir=opts.data_dir,
+        download=opts.download,
+        input_size=opts.input_size,
+        grayscale_to_rgb=opts.grayscale_to_rgb,
+        seed=opts.train.seed,
+        limit=opts.limit,
+    )
+    metrics = _read_metrics(out)
+    metrics.setdefault("stages", {})
+    metrics["command"] = opts.command
+    metrics["dataset"] = {
+        "name": bundle.name,
+        "n_train": len(bundle.train),
+        "n_val": len(bundle.val),
+        "n_test": len(bundle.test),
+        "classes": len(bundle.class_names),
+    }
+    stages = ["train", "prune", "finetune", "eval"] if opts.stage == "all" else [opts.stage]
+    if opts.prune is None:
+        stages = [s for s in stages if s not in ("prune", "finetune")]
+    base_dir, pruned_dir = out / "base", out / "pruned"
+
+    def save_metrics() -> None:
+        if info.is_main:
+            atomic_write_json(out / "metrics.json", metrics)
+
+    for stage in stages:
+        t0 = time.perf_counter()
+        if stage == "train":
+            spec = ModelSpec(
+                arch=opts.model,
+                num_classes=len(bundle.class_names),
+                in_chans=bundle.in_chans,
+                attention=opts.attention,
+                width_mult=opts.width_mult,
+                input_size=opts.input_size,
+                input_stem=opts.input_stem,
+                attention_kwargs=dict(opts.attention_kwargs),
+                mean=tuple(bundle.mean),
+                std=tuple(bundle.std),
+                class_names=list(bundle.class_names),
+                dataset=bundle.name,
+            )
+            model = create_model(spec.arch, **spec.model_kwargs())
+            if opts.checkpoint is not None:
+                model, spec = load_checkpoint(opts.checkpoint, expect_num_classes=len(bundle.class_names))
+            model, history = fit(
+                model,
+                bundle.train,
+                bundle.val,
+                spec,
+                opts.train,
+                base_dir,
+                resume=opts.resume,
+                progress=opts.progress,
+                description=f"train {spec.arch}",
+            )
+            if not info.is_main:
+                continue
+            if history:
+                plot_training_curves(history, base_dir / "curves.png", title=f"{spec.arch} ({spec.attention})")
+            record = {
+                **_evaluate_stage(model, spec, bundle, base_dir, f"{spec.arch} base"),
+                **_model_facts(model, spec),
+                "epochs": opts.train.epochs,
+                "sparsity": opts.train.sparsity,
+                "train": dataclasses.asdict(opts.train),
+            }
+        elif stage == "prune":
+            if not info.is_main:
+                continue
+            from pacb_edge.prune import prune_model
+
+            source = opts.checkpoint if (opts.stage == "prune" and opts.checkpoint) else base_dir
+            model, spec = load_checkpoint(source, expect_num_classes=len(bundle.class_names))
+            images = bundle.calibration_images(min(opts.score_images, len(bundle.train)), seed=opts.train.seed)
+            pruned, pruned_spec, report = prune_model(model, spec, opts.prune, score_images=images)
+            save_checkpoint(pruned, pruned_spec, pruned_dir)
+            for name in ("train_state.pt",):  # a fresh prune invalidates an older fine-tune's resume state
+                (pruned_dir / name).unlink(missing_ok=True)
+            record = {
+                **_evaluate_stage(pruned, pruned_spec, bundle, pruned_dir, f"{spec.arch} pruned"),
+                **_model_facts(pruned, pruned_spec),
+                **{
+                    k: report[k]
+                    for k in (
+                        "criterion",
+                        "config",
+                        "removed_channels",
+                        "prunable_channels",
+                        "removed_fraction",
+                        "removed_modules",
+                        "flops_ratio",
+                        "params_ratio",
+                    )
+                },
+                "widths_before": report["before"]["widths"],
+            }
+        elif stage == "finetune":
+            source = opts.checkpoint if (opts.stage == "finetune" and opts.checkpoint) else pruned_dir
+            model, spec = load_checkpoint(source, expect_num_classes=len(bundle.class_names))
+            model.train()
+            model, history = fit(
+                model,
+                bundle.train,
+                bundle.val,
+                spec,
+                opts.finetune,
+                pruned_dir,
+                resume=opts.resume,
+                progress=opts.progress,
+                description=f"fine-tune {spec.arch}",
+            )
+            if not info.is_main:
+                continue
+            if history:
+                plot_training_curves(history, pruned_dir / "curves.png", title=f"{spec.arch} pruned, fine-tuned")
+            record = {
+                **_evaluate_stage(model, spec, bundle, pruned_dir, f"{spec.arch} pruned+fine-tuned"),
+                **_model_facts(model, spec),
+                "epochs": opts.finetune.epochs,
+            }
+        else:  # eval
+            if not info.is_main:
+                continue
+            record = {}
+            targets = (
+                [("checkpoint", Path(opts.checkpoint))]
+                if opts.checkpoint
+                else [
+                    (name, d)
+                    for name, d in (("base", base_dir), ("pruned", pruned_dir))
+                    if (d / "model.safetensors").is_file()
+                ]
+            )
+            if not targets:
+                raise PacbEdgeError(f"nothing to evaluate: no checkpoint in {base_dir} or {pruned_dir}")
+            for name, path in targets:
+                model, spec = load_checkpoint(path, expect_num_classes=len(bundle.class_names))
+                stage_dir = path if path.is_dir() else path.parent
+                record[name] = {
+                    **_evaluate_stage(model, spec, bundle, stage_dir, f"{spec.arch} {name}"),
+                    **_model_facts(model, spec),
+                }
+        record["wall_seconds"] = time.perf_counter() - t0
+        record["command"] = opts.command
+        metrics["stages"][stage] = record
+        save_metrics()
+    return metrics

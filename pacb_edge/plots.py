@@ -1,0 +1,79 @@
+"""Plots as PNG files (matplotlib, Agg backend), each written atomically next to its machine-readable twin."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pacb_edge.fileio import atomic_write_with
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    try:
+        return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def plot_training_curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch (train and val) from the trainer's history records."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="val")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * h["train_top1"] for h in history], label="train")
+    ax_acc.plot(epochs, [100 * h["val_top1"] for h in history], label="val")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("top-1 (%)")
+    ax_acc.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """Row-normalized confusion matrix (rows: true class, columns: predicted)."""
+    import numpy as np
+
+    plt = _pyplot()
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    size = max(3.5, 0.35 * n + 1.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), labels=class_names, fontsize=7)
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        int(m[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    return _save(fig, path)

@@ -1,0 +1,47 @@
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same RNG state, so a failure reproduces."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core test dependency
+        yield
+        return
+    torch.manual_seed(0)
+    yield
+
+
+def _train_tiny_run(out, model="mobilenetv3_small", attention="ca", prune="bn-scale"):
+    from pacb_edge.pipeline import RunOptions, run_pipeline
+    from pacb_edge.prune import PruneConfig
+    from pacb_edge.train import TrainConfig
+
+    opts = RunOptions(
+        model=model,
+        attention=attention,
+        dataset="digits",
+        input_size=32,
+        width_mult=0.5,
+        grayscale_to_rgb=True,
+        limit=300,
+        out=out,
+        progress=False,
+        command="pytest tiny run",
+        train=TrainConfig(epochs=4, batch_size=32, lr=0.05, warmup_epochs=0),
+        finetune=TrainConfig(epochs=2, batch_size=32, lr=0.01, warmup_epochs=0),
+        prune=PruneConfig(criterion=prune, prune_ratio=0.4),
+    )
+    run_pipeline(opts)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A trained, pruned and fine-tuned MobileNetV3-Small-CA on digits (3 channels, 32x32): base/ and pruned/."""
+    return _train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
