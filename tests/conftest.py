@@ -29,12 +29,12 @@ def _train_tiny_run(out, model="mobilenetv3_small", attention="ca", prune="bn-sc
         input_size=32,
         width_mult=0.5,
         grayscale_to_rgb=True,
-        limit=300,
+        limit=None,
         out=out,
         progress=False,
         command="pytest tiny run",
-        train=TrainConfig(epochs=4, batch_size=32, lr=0.05, warmup_epochs=0),
-        finetune=TrainConfig(epochs=2, batch_size=32, lr=0.01, warmup_epochs=0),
+        train=TrainConfig(epochs=5, batch_size=32, lr=0.1, warmup_epochs=1, sparsity=1e-4),
+        finetune=TrainConfig(epochs=2, batch_size=32, lr=0.02, warmup_epochs=0),
         prune=PruneConfig(criterion=prune, prune_ratio=0.4),
     )
     run_pipeline(opts)

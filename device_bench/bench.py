@@ -1,0 +1,399 @@
+"""`pacb-edge bench`: one result record per artifact, on the host CPU, a Jetson or an Android phone.
+
+Per-image latency (batch 1, warm-up then timed runs) sits next to top-1 accuracy measured with that very artifact on
+the test set named in its manifest. Results go to JSON and CSV, and a Pareto plot of accuracy vs latency to PNG.
+A failing artifact gets a failed record; the others still run and are written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pacb_edge.device_bench.record import (
+    ACCURACY_DEVICE,
+    ACCURACY_HOST,
+    STATUS_FAILED,
+    STATUS_LOW_ACCURACY,
+    STATUS_OK,
+    BenchResult,
+    latency_stats,
+)
+from pacb_edge.errors import PacbEdgeError
+from pacb_edge.fileio import atomic_write_json, atomic_write_text, ensure_dir
+
+DEVICES = ("cpu", "jetson", "android")
+
+
+@dataclass
+class BenchOptions:
+    device: str = "cpu"
+    baseline: str | None = None
+    threads: int | None = None
+    warmup: int = 20
+    runs: int = 100
+    min_time: float = 0.0
+    min_accuracy: float = 0.0
+    eval_limit: int | None = None
+    data_dir: str | None = None
+    dataset: str | None = None
+    out_dir: Path = Path("bench")
+    jetson: dict[str, Any] = field(default_factory=dict)
+    android: dict[str, Any] = field(default_factory=dict)
+
+
+def artifact_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(spec dict, manifest dict) of an artifact: a checkpoint, an exported file with a manifest, or a Jetson bundle."""
+    p = Path(path)
+    if not p.exists():
+        raise PacbEdgeError(f"artifact {p} does not exist")
+    if p.is_dir() and (p / "manifest.json").is_file():
+        try:
+            manifest = json.loads((p / "manifest.json").read_text())
+        except json.JSONDecodeError as e:
+            raise PacbEdgeError(f"bundle manifest {p / 'manifest.json'} is not valid JSON: {e}") from None
+        return manifest.get("spec", {}), manifest
+    if p.is_dir() or p.suffix == ".safetensors":
+        from pacb_edge.checkpoint import read_spec
+
+        spec = read_spec(p).to_dict()
+        return spec, {"format": "torch", "spec": spec}
+    from pacb_edge.export.manifest import read_manifest
+
+    manifest = read_manifest(p)
+    return manifest.get("spec", {}), manifest
+
+
+def _test_arrays(spec: dict[str, Any], opts: BenchOptions, cache: dict) -> tuple[np.ndarray, np.ndarray]:
+    from pacb_edge.data import load_dataset
+
+    name = spec.get("dataset")
+    if not name:
+        raise PacbEdgeError("the artifact's manifest names no dataset; cannot measure accuracy")
+    if opts.dataset and opts.dataset != name:
+        raise PacbEdgeError(f"dataset mismatch: --dataset {opts.dataset} but the artifact was trained on {name}")
+    key = (name, spec["input_size"], spec["in_chans"])
+    if key not in cache:
+        bundle = load_dataset(
+            name,
+            data_dir=opts.data_dir,
+            input_size=spec["input_size"],
+            grayscale_to_rgb=spec["in_chans"] == 3 and name in ("digits", "fashion-mnist"),
+        )
+        x, y = bundle.arrays("test", limit=opts.eval_limit)
+        if x.shape[1] != spec["in_chans"]:
+            raise PacbEdgeError(
+                f"dataset mismatch: {name} images have {x.shape[1]} channels, the artifact expects {spec['in_chans']}"
+            )
+        cache[key] = (x, y)
+    return cache[key]
+
+
+def _counts(spec: dict[str, Any], manifest: dict[str, Any]) -> dict[str, int | None]:
+    facts = manifest.get("model", {})
+    if "params" in facts:
+        return {k: facts.get(k) for k in ("params", "macs", "flops")}
+    try:
+        from pacb_edge.checkpoint import build_model
+        from pacb_edge.models import ModelSpec, count_flops, count_params
+
+        s = ModelSpec.from_dict(spec)
+        model = build_model(s)
+        return {"params": count_params(model), **count_flops(model, s.input_size, s.in_chans)}
+    except Exception:  # counting is informative only; never fail a benchmark on it
+        return {"params": None, "macs": None, "flops": None}
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".onnx"))
+    return path.stat().st_size
+
+
+def host_device_facts(threads: int | None) -> dict[str, Any]:
+    import os
+
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+    }
+
+
+def _bench_host(
+    items: list[tuple[str, dict, dict]], opts: BenchOptions, cache: dict, results: dict[str, BenchResult]
+) -> None:
+    from pacb_edge.device_bench.host import runner_for, time_interleaved
+
+    loaded = {}
+    for path, spec, _manifest in items:
+        rec = results[path]
+        try:
+            runner = runner_for(path, opts.threads).load()
+            x, y = _test_arrays(spec, opts, cache)
+            logits = runner.infer(x)
+            rec.top1, rec.n_eval, rec.accuracy_source = (
+                float((logits.argmax(1) == y).mean()),
+                int(len(y)),
+                ACCURACY_DEVICE,
+            )
+            rec.format, rec.runner, rec.precision = runner.fmt, runner.runner, runner.precision
+            sample = x[:1]
+            if hasattr(runner, "prepare"):
+                prepared = runner.prepare(sample)
+                loaded[path] = (runner, lambda r=runner, p=prepared: r.run_prepared(p))
+            else:
+                loaded[path] = (runner, lambda r=runner, s=sample: r.infer_one(s))
+        except PacbEdgeError as e:
+            rec.status, rec.error = STATUS_FAILED, str(e)
+    if loaded:
+        samples = time_interleaved({k: fn for k, (_, fn) in loaded.items()}, opts.warmup, opts.runs, opts.min_time)
+        for path, ms in samples.items():
+            rec = results[path]
+            rec.latency_ms = latency_stats(ms)
+            rec.throughput_ips = 1000.0 / rec.latency_ms["mean"]
+            rec.extra["interleaved_with"] = len(samples)
+            loaded[path][0].close()
+
+
+def _bench_jetson(items, opts: BenchOptions, results: dict[str, BenchResult]) -> None:
+    from pacb_edge.device_bench.jetson import JetsonRunner
+
+    runner = JetsonRunner(
+        warmup=opts.warmup,
+        runs=opts.runs,
+        min_time=opts.min_time,
+        threads=opts.threads,
+        eval_limit=opts.eval_limit,
+        **opts.jetson,
+    )
+    for path, _spec, _manifest in items:
+        p = Path(path)
+        if not (p.is_dir() and (p / "manifest.json").is_file() and (p / "model.onnx").is_file()):
+            results[path].status = STATUS_FAILED
+            results[path].error = f"{p.name} is not a Jetson bundle; export it with `pacb-edge export --target trt`"
+            continue
+        rec = runner.run_safely(p)
+        rec.artifact = path
+        results[path] = _merge(results[path], rec)
+
+
+def _bench_android(items, opts: BenchOptions, cache: dict, results: dict[str, BenchResult]) -> None:
+    from pacb_edge.device_bench.android import AndroidRunner
+    from pacb_edge.device_bench.host import LiteRTRunner
+
+    runner = AndroidRunner(warmup=opts.warmup, runs=opts.runs, threads=opts.threads or 4, **opts.android)
+    for path, spec, manifest in items:
+        try:
+            if Path(path).suffix != ".tflite":
+                raise PacbEdgeError(f"{Path(path).name}: Android runs .tflite files only")
+            x, y = _test_arrays(spec, opts, cache)
+            host = LiteRTRunner(path).load()
+            host_top1 = float((host.infer(x).argmax(1) == y).mean())
+            eval_set = None
+            if runner.eval_binary is not None:
+                import tempfile
+
+                from pacb_edge.device_bench.android import write_eval_set
+
+                eval_set = write_eval_set(
+                    x,
+                    y,
+                    tempfile.mkdtemp(prefix="pacb_eval_"),
+                    spec.get("num_classes"),
+                    spec.get("mean", (0.5,)),
+                    spec.get("std", (0.5,)),
+                )
+            rec = runner.run(path, manifest, eval_set=eval_set, host_top1=host_top1, host_n_eval=int(len(y)))
+            rec.artifact = path
+            results[path] = _merge(results[path], rec)
+        except PacbEdgeError as e:
+            results[path].status, results[path].error = STATUS_FAILED, str(e)
+
+
+def _merge(base: BenchResult, measured: BenchResult) -> BenchResult:
+    """Keep the manifest facts (size, counts, spec) of `base`, take the measurement from `measured`."""
+    for key in ("size_bytes", "params", "macs", "flops", "spec"):
+        if getattr(measured, key) in (None, {}, []):
+            setattr(measured, key, getattr(base, key))
+    return measured
+
+
+def run_bench(artifacts: list[str], opts: BenchOptions) -> list[BenchResult]:
+    """Bench every artifact (the baseline first, if any); returns their records in the order given."""
+    if opts.device not in DEVICES:
+        raise PacbEdgeError(f"unknown device {opts.device!r}; choose one of {', '.join(DEVICES)}")
+    if opts.runs < 1 or opts.warmup < 0:
+        raise PacbEdgeError("--runs must be >= 1 and --warmup >= 0")
+    paths = list(dict.fromkeys(([opts.baseline] if opts.baseline else []) + [str(a) for a in artifacts]))
+    if not paths:
+        raise PacbEdgeError("no artifacts to bench")
+    results: dict[str, BenchResult] = {}
+    items = []
+    fmt_of = {".onnx": "onnx", ".tflite": "tflite"}
+    for path in paths:
+        p = Path(path)
+        rec = BenchResult(
+            artifact=path,
+            format=fmt_of.get(p.suffix, "trt" if (p / "model.onnx").exists() else "torch"),
+            device=opts.device,
+            runner="?",
+            threads=opts.threads,
+            warmup=opts.warmup,
+            runs=opts.runs,
+        )
+        results[path] = rec
+        try:
+            spec, manifest = artifact_spec(p)
+            rec.spec = {
+                k: spec.get(k)
+                for k in (
+                    "arch",
+                    "attention",
+                    "dataset",
+                    "input_size",
+                    "in_chans",
+                    "num_classes",
+                    "width_mult",
+                    "mean",
+                    "std",
+                    "class_names",
+                )
+            }
+            rec.size_bytes = _size(p)
+            rec.precision = manifest.get("precision")
+            rec.__dict__.update(_counts(spec, manifest))
+            items.append((path, spec, manifest))
+        except PacbEdgeError as e:
+            rec.status, rec.error = STATUS_FAILED, str(e)
+    cache: dict = {}
+    if opts.device == "cpu":
+        _bench_host(items, opts, cache, results)
+        for rec in results.values():
+            rec.device_facts = host_device_facts(opts.threads)
+    elif opts.device == "jetson":
+        _bench_jetson(items, opts, results)
+    else:
+        _bench_android(items, opts, cache, results)
+    ordered = [results[p] for p in paths]
+    base = results.get(opts.baseline) if opts.baseline else None
+    for rec in ordered:
+        if rec.status != STATUS_FAILED and rec.top1 is not None and rec.top1 < opts.min_accuracy:
+            rec.status = STATUS_LOW_ACCURACY
+        if base is not None and base.per_image_ms and rec.per_image_ms:
+            rec.speedup_vs_baseline = base.per_image_ms / rec.per_image_ms
+        if rec.accuracy_source is None and rec.top1 is not None:
+            rec.accuracy_source = ACCURACY_HOST
+    return ordered
+
+
+CSV_FIELDS = (
+    "artifact",
+    "format",
+    "precision",
+    "device",
+    "runner",
+    "status",
+    "per_image_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "min_ms",
+    "throughput_ips",
+    "top1",
+    "accuracy_source",
+    "n_eval",
+    "size_bytes",
+    "params",
+    "macs",
+    "flops",
+    "speedup_vs_baseline",
+    "error",
+)
+
+
+def write_reports(results: list[BenchResult], out_dir: str | Path, meta: dict[str, Any] | None = None) -> dict:
+    """bench.json, bench.csv and pareto.png in `out_dir`; returns their paths."""
+    out = ensure_dir(out_dir)
+    paths = {"json": out / "bench.json", "csv": out / "bench.csv", "png": out / "pareto.png"}
+    atomic_write_json(paths["json"], {"meta": meta or {}, "results": [r.to_dict() for r in results]})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for r in results:
+        lat = r.latency_ms or {}
+        writer.writerow(
+            {
+                "artifact": r.artifact,
+                "format": r.format,
+                "precision": r.precision,
+                "device": r.device,
+                "runner": r.runner,
+                "status": r.status,
+                "per_image_ms": r.per_image_ms,
+                "p90_ms": lat.get("p90"),
+                "p99_ms": lat.get("p99"),
+                "mean_ms": lat.get("mean"),
+                "std_ms": lat.get("std"),
+                "min_ms": lat.get("min"),
+                "throughput_ips": r.throughput_ips,
+                "top1": r.top1,
+                "accuracy_source": r.accuracy_source,
+                "n_eval": r.n_eval,
+                "size_bytes": r.size_bytes,
+                "params": r.params,
+                "macs": r.macs,
+                "flops": r.flops,
+                "speedup_vs_baseline": r.speedup_vs_baseline,
+                "error": r.error,
+            }
+        )
+    atomic_write_text(paths["csv"], buf.getvalue())
+    plot_pareto(results, paths["png"])
+    return paths
+
+
+def plot_pareto(results: list[BenchResult], path: str | Path) -> Path:
+    """Accuracy vs per-image latency, with the Pareto front (no other point is both faster and more accurate)."""
+    from pacb_edge.plots import _pyplot, _save
+
+    plt = _pyplot()
+    pts = [
+        (r.per_image_ms, 100 * r.top1, Path(r.artifact).name, r)
+        for r in results
+        if r.status != STATUS_FAILED and r.per_image_ms and r.top1 is not None
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for ms, acc, label, r in pts:
+        ax.scatter(ms, acc, marker="o" if r.format != "tflite" else "s")
+        ax.annotate(
+            f"{label} ({r.precision or r.format})", (ms, acc), fontsize=7, xytext=(4, 3), textcoords="offset points"
+        )
+    front, best = [], -1.0
+    for ms, acc, *_ in sorted(pts, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((ms, acc))
+            best = acc
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), "--", color="grey", label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("per-image latency, p50 (ms, batch 1)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"accuracy vs latency ({results[0].device if results else ''})")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def status_icon(status: str) -> str:
+    return {STATUS_OK: "✅", STATUS_LOW_ACCURACY: "❎", STATUS_FAILED: "❌"}.get(status, "?")

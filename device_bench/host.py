@@ -1,0 +1,170 @@
+"""Host runners (Polygraphy's runner contract): `load()` -> `infer(batch)` -> `close()`, one class per backend.
+
+- `TorchRunner`: a checkpoint (safetensors + spec), in eval mode with RepVGG fused, as it is exported.
+- `OnnxRuntimeRunner`: an .onnx file on the CPU execution provider.
+- `LiteRTRunner`: a .tflite file with the ai-edge-litert Interpreter (XNNPACK), NHWC and int8 handled from the
+  file's own quantization parameters.
+
+`infer` takes NCHW float32 images normalized as in training and returns float32 logits, so every runner is fed the
+same real test images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pacb_edge.errors import PacbEdgeError
+
+
+class HostRunner:
+    """Base: subclasses set `fmt`, `runner` and implement `load`, `infer_one`."""
+
+    fmt = "?"
+    runner = "?"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.threads = threads
+        self.precision: str | None = None
+
+    def load(self) -> HostRunner:
+        raise NotImplementedError
+
+    def infer_one(self, x: np.ndarray) -> np.ndarray:
+        """Logits (1 x K) for one NCHW image (1 x C x H x W)."""
+        raise NotImplementedError
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.infer_one(batch[i : i + 1]) for i in range(len(batch))], 0)
+
+    def close(self) -> None:
+        pass
+
+
+class TorchRunner(HostRunner):
+    fmt = "torch"
+    runner = "torch"
+
+    def load(self) -> TorchRunner:
+        import torch
+
+        from pacb_edge.checkpoint import load_checkpoint
+        from pacb_edge.export.onnx import deployable
+
+        model, self.spec = load_checkpoint(self.path)
+        self.model = deployable(model)
+        self.precision = "fp32"
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self._torch = torch
+        return self
+
+    def infer_one(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(x)).numpy()
+
+
+class OnnxRuntimeRunner(HostRunner):
+    fmt = "onnx"
+    runner = "onnxruntime"
+
+    def load(self) -> OnnxRuntimeRunner:
+        from pacb_edge.export.onnx import onnx_session
+
+        self.session = onnx_session(self.path, self.threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.precision = "fp32"
+        return self
+
+    def infer_one(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class LiteRTRunner(HostRunner):
+    fmt = "tflite"
+    runner = "litert"
+
+    def load(self) -> LiteRTRunner:
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise PacbEdgeError(f"LiteRT cannot load {self.path}: {str(e).splitlines()[0][:200]}") from None
+        self.inp = self.interpreter.get_input_details()[0]
+        self.out = self.interpreter.get_output_details()[0]
+        self.nhwc = len(self.inp["shape"]) == 4 and self.inp["shape"][-1] in (1, 3) and self.inp["shape"][1] > 3
+        dtype = np.dtype(self.inp["dtype"])
+        self.precision = "int8" if dtype == np.int8 else ("fp16" if "fp16" in self.path.name else "fp32")
+        return self
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """NCHW float -> the file's own input layout and dtype (quantized with its scale and zero point)."""
+        if self.nhwc:
+            x = x.transpose(0, 2, 3, 1)
+        dtype = np.dtype(self.inp["dtype"])
+        if dtype in (np.int8, np.uint8):
+            scale, zero = self.inp["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        return np.ascontiguousarray(x.astype(dtype))
+
+    def run_prepared(self, prepared: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.inp["index"], prepared)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.out["index"])
+        if np.dtype(self.out["dtype"]) in (np.int8, np.uint8):
+            scale, zero = self.out["quantization"]
+            out = (out.astype(np.float32) - zero) * scale
+        return out.astype(np.float32)
+
+    def infer_one(self, x: np.ndarray) -> np.ndarray:
+        return self.run_prepared(self.prepare(x))
+
+
+RUNNERS: dict[str, type[HostRunner]] = {
+    ".onnx": OnnxRuntimeRunner,
+    ".tflite": LiteRTRunner,
+    ".safetensors": TorchRunner,
+}
+
+
+def runner_for(path: str | Path, threads: int | None = None) -> HostRunner:
+    """The host runner for an artifact, chosen by its suffix (a run or stage folder means a torch checkpoint)."""
+    p = Path(path)
+    if not p.exists():
+        raise PacbEdgeError(f"artifact {p} does not exist")
+    if p.is_dir():
+        return TorchRunner(p, threads)
+    cls = RUNNERS.get(p.suffix.lower())
+    if cls is None:
+        raise PacbEdgeError(f"artifact {p.name} has an unknown format; expected one of {', '.join(RUNNERS)}")
+    return cls(p, threads)
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], warmup: int, runs: int, min_time: float = 0.0
+) -> dict[str, list[float]]:
+    """Per-call latencies in ms, the calls interleaved A B A B ... so machine drift cancels in their ratios.
+
+    Each call gets `warmup` untimed runs, then at least `runs` timed rounds, more until `min_time` seconds passed.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < runs or (time.perf_counter() - start) < min_time:
+        for key, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[key].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    return samples

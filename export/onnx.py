@@ -1,0 +1,131 @@
+"""ONNX export: eval mode, RepVGG re-parameterized, simplified with onnxsim, spec in `metadata_props`, and a parity
+check with onnxruntime against PyTorch on real test images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pacb_edge.errors import PacbEdgeError
+from pacb_edge.fileio import atomic_path
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MIN_FP32_AGREEMENT = 0.999
+
+
+def deployable(model):
+    """A copy of `model` in eval mode with RepVGG branches fused (what every exported artifact runs)."""
+    import copy
+
+    model = copy.deepcopy(model).cpu().eval()
+    if hasattr(model, "reparameterize"):
+        model.reparameterize()
+    return model
+
+
+def export_onnx(
+    model, spec, path: str | Path, opset: int = 17, dynamic_batch: bool = False, simplify: bool = True
+) -> Path:
+    """Write `model` (already deployable) as ONNX with the spec in its metadata; returns the path."""
+    import onnx
+    import torch
+
+    if not 11 <= opset <= 21:
+        raise PacbEdgeError(f"--opset must be between 11 and 21, got {opset}")
+    path = Path(path)
+    x = torch.zeros(1, spec.in_chans, spec.input_size, spec.input_size)
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            model,
+            (x,),
+            str(tmp),
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            dynamo=False,
+        )
+        proto = onnx.load(str(tmp))
+        if simplify:
+            import onnxsim
+
+            simplified, ok = onnxsim.simplify(proto)
+            if ok:
+                proto = simplified
+        spec_dict = spec.to_dict()
+        meta = {
+            "pacb_edge.spec": json.dumps(spec_dict, sort_keys=True),
+            "class_names": json.dumps(spec_dict["class_names"]),
+            "mean": json.dumps(spec_dict["mean"]),
+            "std": json.dumps(spec_dict["std"]),
+            "input_layout": "NCHW",
+        }
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise PacbEdgeError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def onnx_logits(path: str | Path, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits of an ONNX file for NCHW float32 inputs (batch 1 at a time unless the file has a dynamic batch)."""
+    sess = onnx_session(path)
+    inp = sess.get_inputs()[0]
+    fixed = isinstance(inp.shape[0], int)
+    step = 1 if fixed else batch_size
+    outs = [sess.run(None, {inp.name: x[i : i + step]})[0] for i in range(0, len(x), step)]
+    return np.concatenate(outs, 0)
+
+
+def torch_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate(
+            [model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)], 0
+        )
+
+
+def compare_logits(got: np.ndarray, reference: np.ndarray, y: np.ndarray | None = None) -> dict[str, Any]:
+    """Max abs diff, top-1 agreement with the reference, and top-1 accuracy when labels are given."""
+    pred = got.argmax(1)
+    result: dict[str, Any] = {
+        "n": int(len(got)),
+        "max_abs_diff": float(np.abs(got.astype(np.float64) - reference).max()) if len(got) else 0.0,
+        "top1_agreement": float((pred == reference.argmax(1)).mean()) if len(got) else 1.0,
+    }
+    if y is not None:
+        result["top1"] = float((pred == y).mean()) if len(y) else 0.0
+        result["reference_top1"] = float((reference.argmax(1) == y).mean()) if len(y) else 0.0
+    return result
+
+
+def verify_onnx(path: str | Path, model, x: np.ndarray, y: np.ndarray, min_agreement: float = MIN_FP32_AGREEMENT):
+    """Parity of the ONNX file with PyTorch on real images; raises `PacbEdgeError` under `min_agreement`."""
+    result = compare_logits(onnx_logits(path, x), torch_logits(model, x), y)
+    if result["top1_agreement"] < min_agreement:
+        raise PacbEdgeError(
+            f"ONNX parity check failed: top-1 agreement with PyTorch {100 * result['top1_agreement']:.2f} % "
+            f"< {100 * min_agreement:.1f} % (max abs diff {result['max_abs_diff']:.2e})"
+        )
+    return result

@@ -1,0 +1,324 @@
+"""The stand-alone Jetson harness (jetson/): Python 3.6 clean, lazy imports, engine naming, and a real
+end-to-end benchmark of a tiny bundle with the onnxruntime backend (TensorRT: test_tensorrt_device.py)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+JETSON_DIR = Path(__file__).resolve().parents[1] / "jetson"
+HARNESS_FILES = sorted(JETSON_DIR.glob("*.py"))
+IMAGE_SIZE = 16
+NUM_CLASSES = 4
+NUM_TEST = 8
+MIN_LOGIT_MARGIN = 0.1  # test images whose top-2 logits are this far apart keep their argmax on any backend
+
+
+def _load_module(name):
+    spec = importlib.util.spec_from_file_location("jetson_" + name, JETSON_DIR / (name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_model(torch):
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, NUM_CLASSES),
+    )
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.2, 0.2)
+        model[1].running_var.uniform_(0.5, 1.5)
+        model[1].weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def make_bundle(root: Path) -> Path:
+    """A bundle like the export layer writes, for a tiny CNN. Test labels are the model's own top-1 for the
+    even-indexed images and wrong for the odd ones, so top-1 is exactly 0.5 and shifts if images and labels
+    are paired wrongly (the predictions differ between images)."""
+    import onnxruntime as ort
+    import torch
+
+    bundle = root / "bundle"
+    bundle.mkdir(parents=True)
+    model = _tiny_model(torch)
+    dummy = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with warnings.catch_warnings():
+        # The TorchScript exporter, as export/onnx.py uses, warns that it is deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(bundle / "model.onnx"),
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamo=False,
+        )
+
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((256, 3, IMAGE_SIZE, IMAGE_SIZE))
+    candidates = (noise * rng.uniform(0.2, 3.0, (256, 3, 1, 1)) + rng.uniform(-2, 2, (256, 3, 1, 1))).astype(np.float32)
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([session.run(None, {"input": c[None]})[0] for c in candidates])
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    keep = np.flatnonzero(top2[:, 1] - top2[:, 0] > MIN_LOGIT_MARGIN)[:NUM_TEST]
+    assert len(keep) == NUM_TEST, "fixture: too few test images with a clear top-1"
+    x, preds = candidates[keep], logits[keep].argmax(axis=1)
+    assert len(set(preds.tolist())) > 1, "fixture: the model predicts one class for every image"
+    y = preds.copy()
+    y[1::2] = (preds[1::2] + 1) % NUM_CLASSES
+    np.savez(bundle / "testset.npz", x=x, y=y.astype(np.int64))
+    np.save(bundle / "calibration.npy", candidates[-16:])
+    manifest = {
+        "input": {"name": "input", "shape": [1, 3, IMAGE_SIZE, IMAGE_SIZE], "layout": "NCHW"},
+        "precisions": ["fp32", "fp16", "int8"],
+        "spec": {"input_size": IMAGE_SIZE, "in_chans": 3, "num_classes": NUM_CLASSES},
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copytree(JETSON_DIR, bundle / "jetson", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return bundle
+
+
+def run_bench(bundle: Path, *args: str, env: dict | None = None) -> tuple[int, list[str], str, dict]:
+    """Run bundle/jetson/bench.py; returns (exit code, stdout lines, stderr, the JSON of the last line)."""
+    proc = subprocess.run(
+        [sys.executable, str(bundle / "jetson" / "bench.py"), "--bundle", str(bundle), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    lines = proc.stdout.splitlines()
+    assert lines, "bench.py printed nothing on stdout; stderr:\n" + proc.stderr
+    return proc.returncode, lines, proc.stderr, json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("jetson"))
+
+
+def _vermin(*paths) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys, vermin; sys.exit(vermin.main())",
+        "-q",
+        "--no-tips",
+        "-t=3.6-",
+        "--violations",
+        *map(str, paths),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_harness_has_no_python37_features():
+    proc = _vermin(JETSON_DIR)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+def test_vermin_check_catches_37_features(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from dataclasses import dataclass\nimport subprocess\nsubprocess.run(['true'], capture_output=True)\n"
+    )
+    proc = _vermin(bad)
+    assert proc.returncode != 0
+    assert "dataclasses" in proc.stdout
+
+
+@pytest.mark.parametrize("path", HARNESS_FILES, ids=lambda p: p.name)
+def test_harness_parses_as_python36(path):
+    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 6))
+
+
+def test_harness_files_are_there():
+    names = {p.name for p in HARNESS_FILES}
+    assert {"__init__.py", "bench.py", "build_engine.py"} <= names
+
+
+def test_harness_imports_no_backend_at_import_time():
+    code = (
+        f"import sys; sys.path.insert(0, {str(JETSON_DIR)!r}); import bench, build_engine; "
+        "print(sorted(m for m in ('tensorrt', 'pycuda', 'onnxruntime', 'torch') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_engine_filename_names_tensorrt_version_and_device():
+    build_engine = _load_module("build_engine")
+    name = build_engine.engine_filename("fp16", "8.2.1.8", "NVIDIA Tegra X1", (5, 3))
+    assert name == "model_fp16_trt8.2.1.8_nvidia-tegra-x1_sm53.engine"
+    others = {
+        build_engine.engine_filename("fp16", "8.2.3.0", "NVIDIA Tegra X1", (5, 3)),
+        build_engine.engine_filename("fp16", "8.2.1.8", "Xavier", (7, 2)),
+        build_engine.engine_filename("fp16", "8.2.1.8", "NVIDIA Tegra X1", (6, 2)),
+        build_engine.engine_filename("int8", "8.2.1.8", "NVIDIA Tegra X1", (5, 3)),
+    }
+    assert name not in others and len(others) == 4
+    assert build_engine.device_slug("NVIDIA GeForce RTX 3090 / Ti") == "nvidia-geforce-rtx-3090-ti"
+    with pytest.raises(build_engine.BuildError, match="fp64"):
+        build_engine.engine_filename("fp64", "8.2.1.8", "NVIDIA Tegra X1", (5, 3))
+
+
+def test_engine_is_rebuilt_when_the_onnx_changes(tmp_path):
+    build_engine = _load_module("build_engine")
+    (tmp_path / "model.onnx").write_bytes(b"model v1")
+    engine = tmp_path / "model_fp32_trt8.2.1.8_nvidia-tegra-x1_sm53.engine"
+    engine.write_bytes(b"engine")
+    sources = build_engine.engine_sources(str(tmp_path), "fp32")
+    (tmp_path / (engine.name + ".json")).write_text(json.dumps(sources))
+    is_current = build_engine._engine_is_current
+    assert is_current(str(engine), build_engine.engine_sources(str(tmp_path), "fp32"))
+    (tmp_path / "model.onnx").write_bytes(b"model v2")
+    assert not is_current(str(engine), build_engine.engine_sources(str(tmp_path), "fp32"))
+
+
+def test_calibration_batches_come_from_the_bundle(tmp_path):
+    build_engine = _load_module("build_engine")
+    images = np.arange(5 * 3 * 4 * 4, dtype=np.float32).reshape(5, 3, 4, 4)
+    np.save(tmp_path / "calibration.npy", images)
+    batches = build_engine._calibration_batches(str(tmp_path), [1, 3, 4, 4])
+    assert len(batches) == 5 and all(b.shape == (1, 3, 4, 4) and b.flags.c_contiguous for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), images)
+    with pytest.raises(build_engine.BuildError, match="calibration.npy has shape"):
+        build_engine._calibration_batches(str(tmp_path), [1, 3, 8, 8])
+
+
+def test_latency_stats_match_the_host_record():
+    from pacb_edge.device_bench.record import latency_stats as host_stats
+
+    bench = _load_module("bench")
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 7, 10, 99, 100, 101, 200):
+        samples = rng.gamma(2.0, 1.5, n).tolist()
+        assert bench.latency_stats(samples) == pytest.approx(host_stats(samples))
+
+
+def test_onnxruntime_backend_end_to_end(bundle):
+    code, lines, stderr, result = run_bench(
+        bundle, "--backend", "onnxruntime", "--warmup", "2", "--runs", "10", "--threads", "1"
+    )
+    assert code == 0, stderr
+    assert len(lines) == 1, "stdout must hold only the JSON line"
+    assert result["status"] == "ok" and result["error"] is None
+    assert result["runner"] == "onnxruntime" and result["precision"] == "fp32"
+    assert result["top1"] == 0.5
+    assert result["n_eval"] == NUM_TEST
+    assert result["accuracy_source"] == "device"
+    lat = result["latency_ms"]
+    assert lat["count"] == 10 and result["runs"] == 10 and result["warmup"] == 2
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert lat["min"] <= lat["mean"] <= lat["max"]
+    assert result["throughput_ips"] == pytest.approx(1000.0 / lat["mean"])
+    assert result["gpu_compute_ms"] is None
+    assert result["extra"]["engine"] is None
+    assert result["extra"]["input_shape"] == [1, 3, IMAGE_SIZE, IMAGE_SIZE]
+    assert result["spec"]["num_classes"] == NUM_CLASSES
+    facts = result["device_facts"]
+    assert facts["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert facts["hostname"] and facts["jetson_clocks"]
+    assert facts["onnxruntime_version"] and facts["threads"] == 1
+
+
+def test_eval_limit_and_min_time(bundle):
+    code, _, stderr, result = run_bench(
+        bundle,
+        "--backend",
+        "onnxruntime",
+        "--warmup",
+        "0",
+        "--runs",
+        "1",
+        "--min-time",
+        "0.3",
+        "--eval-limit",
+        "4",
+    )
+    assert code == 0, stderr
+    assert result["n_eval"] == 4 and result["top1"] == 0.5
+    assert result["latency_ms"]["count"] > 1
+    assert result["extra"]["timed_wall_s"] >= 0.3
+
+
+def _without_tensorrt(tmp_path) -> dict:
+    """An environment in which `import tensorrt` fails even where TensorRT is installed."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "tensorrt.py").write_text("raise ImportError(\"No module named 'tensorrt'\")\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def test_tensorrt_backend_without_tensorrt_fails_as_json(bundle, tmp_path):
+    code, lines, stderr, result = run_bench(
+        bundle, "--backend", "tensorrt", "--runs", "5", env=_without_tensorrt(tmp_path)
+    )
+    assert code == 1
+    assert len(lines) == 1 and "Traceback" not in "\n".join(lines)
+    assert result["status"] == "failed"
+    assert result["runner"] == "tensorrt"
+    assert "tensorrt" in result["error"].lower()
+    assert result["error"].startswith("BuildError: ")
+    assert result["latency_ms"] == {} and result["top1"] is None
+    assert result["device_facts"]["hostname"]
+    # What was known before the failure is still reported.
+    assert result["extra"]["input_shape"] == [1, 3, IMAGE_SIZE, IMAGE_SIZE]
+    assert "Traceback" not in stderr
+
+
+def test_missing_testset_fails_as_json(bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "testset.npz").unlink()
+    code, lines, _, result = run_bench(broken, "--backend", "onnxruntime")
+    assert code == 1 and len(lines) == 1
+    assert result["status"] == "failed"
+    assert result["error"].startswith("HarnessError: ") and "testset.npz" in result["error"]
+
+
+def test_bad_arguments_fail_as_json(bundle):
+    code, lines, _, result = run_bench(bundle, "--backend", "onnxruntime", "--runs", "many")
+    assert code == 1 and len(lines) == 1
+    assert result["status"] == "failed" and "--runs" in result["error"]
+
+
+def test_onnxruntime_backend_refuses_int8(bundle):
+    code, _, _, result = run_bench(bundle, "--backend", "onnxruntime", "--precision", "int8")
+    assert code == 1 and result["status"] == "failed" and "fp32" in result["error"]
+
+
+def test_only_the_json_reaches_stdout(tmp_path):
+    """Output of Python and native code (TensorRT's logger prints from C++) goes to stderr, not stdout."""
+    code = (
+        f"import os, sys; sys.path.insert(0, {str(JETSON_DIR)!r}); import bench\n"
+        "def noisy(args, record):\n"
+        "    print('python noise'); os.write(1, b'native noise\\n'); record['status'] = 'ok'; return record\n"
+        "bench.run_benchmark = noisy\n"
+        "sys.exit(bench.main(['--backend', 'onnxruntime']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and json.loads(proc.stdout)["status"] == "ok"
+    assert "python noise" in proc.stderr and "native noise" in proc.stderr

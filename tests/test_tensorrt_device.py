@@ -1,0 +1,94 @@
+"""The Jetson harness on a real TensorRT + CUDA GPU: build a tiny engine and benchmark it with bench.py.
+
+Skipped only when TensorRT, pycuda or a CUDA GPU is absent (every machine without an NVIDIA GPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_jetson_harness import IMAGE_SIZE, NUM_TEST, make_bundle, run_bench
+
+pytestmark = pytest.mark.tensorrt
+
+trt = pytest.importorskip("tensorrt", reason="TensorRT Python API (tensorrt) is not installed")
+cuda = pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
+
+
+def _gpu_count() -> int:
+    try:
+        cuda.init()
+        return cuda.Device.count()
+    except Exception:  # noqa: BLE001 - no driver or no device both mean: no usable GPU
+        return 0
+
+
+if _gpu_count() == 0:
+    pytest.skip("no CUDA GPU visible to pycuda", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("trt"))
+
+
+def _build(bundle: Path, precision: str) -> Path:
+    proc = subprocess.run(
+        [sys.executable, str(bundle / "jetson" / "build_engine.py"), str(bundle), "--precision", precision],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def test_build_engine_names_and_reuses_the_engine(bundle):
+    device = cuda.Device(0)
+    engine = _build(bundle, "fp32")
+    assert engine.is_file() and engine.stat().st_size > 0
+    assert engine.parent == bundle
+    major, minor = device.compute_capability()
+    assert f"_trt{trt.__version__}_" in engine.name
+    assert engine.name.endswith(f"_sm{major}{minor}.engine")
+    assert json.loads(Path(str(engine) + ".json").read_text())["onnx_sha256"]
+    mtime = engine.stat().st_mtime_ns
+    assert _build(bundle, "fp32") == engine
+    assert engine.stat().st_mtime_ns == mtime, "a matching engine must be reused, not rebuilt"
+
+
+def test_tensorrt_backend_end_to_end(bundle):
+    code, lines, stderr, result = run_bench(
+        bundle, "--backend", "tensorrt", "--precision", "fp32", "--warmup", "5", "--runs", "50"
+    )
+    assert code == 0, stderr
+    assert len(lines) == 1
+    assert result["status"] == "ok" and result["runner"] == "tensorrt" and result["precision"] == "fp32"
+    assert result["top1"] == 0.5 and result["n_eval"] == NUM_TEST
+    lat, gpu = result["latency_ms"], result["gpu_compute_ms"]
+    for stats in (lat, gpu):
+        assert stats["count"] == 50
+        assert 0 < stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"]
+    assert gpu["mean"] <= lat["mean"], "GPU compute time is part of the end-to-end host time"
+    assert result["throughput_ips"] == pytest.approx(1000.0 / lat["mean"])
+    assert Path(result["extra"]["engine"]).is_file()
+    assert result["extra"]["input_shape"] == [1, 3, IMAGE_SIZE, IMAGE_SIZE]
+    facts = result["device_facts"]
+    assert facts["tensorrt_version"] == trt.__version__
+    assert facts["cuda_device"] == cuda.Device(0).name()
+
+
+def test_fp16_engine_when_the_gpu_has_fast_fp16(bundle):
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    if not getattr(builder, "platform_has_fast_fp16", True):
+        pytest.skip("this GPU has no fast FP16")
+    code, _, stderr, result = run_bench(
+        bundle, "--backend", "tensorrt", "--precision", "fp16", "--warmup", "2", "--runs", "10"
+    )
+    assert code == 0, stderr
+    assert result["status"] == "ok" and result["precision"] == "fp16"
+    assert "_fp16_" in Path(result["extra"]["engine"]).name
+    assert result["top1"] == 0.5  # the test images have clear top-1 margins, which FP16 keeps
