@@ -150,11 +150,13 @@ class CoordAttention(ChannelAttentionBase):
         self.conv_w = nn.Conv2d(mip, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.shape[2]
+        b, c, h, w = x.shape
         z_h = x.mean(dim=3, keepdim=True)  # B, C, H, 1
-        z_w = x.mean(dim=2, keepdim=True).permute(0, 1, 3, 2)  # B, C, W, 1
+        # Moving a size-1 axis is a reshape. A Transpose here is mis-mapped by onnx2tf when the map is 1x1 (the last
+        # stage at 32x32 input) and the TFLite conversion fails; the reshape is bit-identical in PyTorch.
+        z_w = x.mean(dim=2, keepdim=True).reshape(b, c, w, 1)  # B, C, W, 1
         f = self.act(self.bn1(self.conv1(torch.cat([z_h, z_w], dim=2))))
-        f_h, f_w = f[:, :, :h], f[:, :, h:].permute(0, 1, 3, 2)
+        f_h, f_w = f[:, :, :h], f[:, :, h:].reshape(b, -1, 1, w)
         g_h = torch.sigmoid(self.conv_h(f_h))  # B, C, H, 1
         g_w = torch.sigmoid(self.conv_w(f_w))  # B, C, 1, W
         self._record(g_h.mean((2, 3)) * g_w.mean((2, 3)))

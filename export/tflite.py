@@ -1,0 +1,404 @@
+"""TFLite export: ONNX → onnx2tf → FP32, FP16 and full-INT8 `.tflite`, calibrated on the user's own images only,
+and host-side evaluation with the LiteRT interpreter.
+
+onnx2tf is run offline in a fresh working folder: the sample file it would otherwise download (20 COCO images) is
+written there from our calibration images first, our images are also passed explicitly as its calibration data, and
+its download function is swapped for one that can only read that local file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pacb_edge.errors import PacbEdgeError
+from pacb_edge.fileio import atomic_write_bytes, ensure_dir
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# The file onnx2tf reads from its working folder instead of downloading 20 MS-COCO images.
+ONNX2TF_SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
+# What onnx2tf 1.28 names its outputs for an input file called `model.onnx`.
+ONNX2TF_OUTPUTS = {
+    "fp32": "model_float32.tflite",
+    "fp16": "model_float16.tflite",
+    "int8": "model_full_integer_quant.tflite",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def convert_onnx_to_tflite(
+    onnx_path: str | Path,
+    out_dir: str | Path,
+    calibration_images: np.ndarray,
+    precisions: Sequence[str] = PRECISIONS,
+    stem: str = "model",
+) -> dict[str, Path]:
+    """Convert a batch-1 NCHW float32 ONNX file to TFLite with onnx2tf, offline.
+
+    INT8 is full-integer (int8 input and output, per-channel weights) and calibrated on `calibration_images`
+    (float32 N×C×H×W, normalized exactly as for inference) and nothing else. Writes `{stem}_{precision}.tflite` into
+    `out_dir` atomically and returns them by precision; on failure raises a one-line `PacbEdgeError` and leaves no
+    `.tflite` of this call behind.
+    """
+    precisions = tuple(dict.fromkeys(precisions))
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise PacbEdgeError(f"unknown TFLite precision(s) {unknown or '(none)'}; choose from {', '.join(PRECISIONS)}")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise PacbEdgeError(f"ONNX file not found: {onnx_path}")
+    calibration_images = np.asarray(calibration_images)
+    if calibration_images.ndim != 4 or len(calibration_images) == 0:
+        raise PacbEdgeError(
+            f"calibration images must be a non-empty N×C×H×W array, got shape {tuple(calibration_images.shape)}"
+        )
+    if not np.isfinite(calibration_images).all():
+        raise PacbEdgeError("calibration images contain NaN or infinite values")
+    out_dir = ensure_dir(out_dir)
+    input_name, dynamic_batch = _check_onnx(onnx_path, calibration_images.shape[1:])
+    calibration_nhwc = np.ascontiguousarray(calibration_images.transpose(0, 2, 3, 1), dtype=np.float32)
+
+    with tempfile.TemporaryDirectory(prefix="pacb_onnx2tf_") as tmp:
+        work = Path(tmp)
+        model_onnx = work / "model.onnx"  # onnx2tf rewrites its input file in place and names outputs after it
+        _simplify_copy(onnx_path, model_onnx)
+        calibration_npy = work / "calibration_nhwc.npy"
+        np.save(calibration_npy, calibration_nhwc)
+        np.save(work / ONNX2TF_SAMPLE_DATA, calibration_nhwc[:20])
+        # An (empty) replacement file also turns off onnx2tf's slow "auto JSON" search after a failure.
+        (work / "param_replacement.json").write_text(json.dumps({"operations": []}))
+        kwargs = {
+            "input_onnx_file_path": str(model_onnx),
+            "output_folder_path": str(work / "saved_model"),
+            "output_integer_quantized_tflite": "int8" in precisions,
+            "quant_type": "per-channel",
+            "custom_input_op_name_np_data_path": [[input_name, str(calibration_npy), 0.0, 1.0]],
+            "input_quant_dtype": "int8",
+            "output_quant_dtype": "int8",
+            "not_use_onnxsim": True,
+            "param_replacement_file": str(work / "param_replacement.json"),
+            "verbosity": "warn",  # captured to a log; warnings carry the reason when an INT8 conversion fails
+        }
+        if dynamic_batch:
+            kwargs["batch_size"] = 1  # TFLite for the phone is batch 1
+        log = work / "onnx2tf.log"
+        try:
+            _run_onnx2tf(kwargs, work, log)
+        except PacbEdgeError:
+            raise
+        except (Exception, SystemExit) as e:  # onnx2tf calls sys.exit(1) on some errors
+            raise PacbEdgeError(_failure_message(onnx_path, model_onnx, e, _read_log(log))) from None
+
+        produced = {p: work / "saved_model" / ONNX2TF_OUTPUTS[p] for p in precisions}
+        missing = [p for p, f in produced.items() if not f.is_file()]
+        if missing:
+            text = _read_log(log)
+            detail = _first_error_line(text) or _last_exception_line(text)
+            raise PacbEdgeError(
+                f"onnx2tf produced no {'/'.join(missing)} TFLite file for {onnx_path.name}"
+                + (f": {detail}" if detail else "")
+            )
+        written: dict[str, Path] = {}
+        try:
+            for precision, src in produced.items():
+                written[precision] = atomic_write_bytes(out_dir / f"{stem}_{precision}.tflite", src.read_bytes())
+        except BaseException:
+            for path in written.values():
+                path.unlink(missing_ok=True)
+            raise
+    return written
+
+
+def tflite_io_details(path: str | Path) -> dict[str, Any]:
+    """Name, shape, layout, dtype and (scale, zero_point) of the input and output tensor of a `.tflite` file.
+
+    Scale and zero point are None for float tensors. onnx2tf turns a 4-D NCHW input into NHWC.
+    """
+    interpreter = _interpreter(path)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    return {"input": _tensor_info(inp, with_layout=True), "output": _tensor_info(out)}
+
+
+def evaluate_tflite(
+    path: str | Path,
+    x_nchw: np.ndarray,
+    y: np.ndarray | None = None,
+    num_threads: int | None = None,
+    reference_logits: np.ndarray | None = None,
+    return_logits: bool = False,
+) -> dict[str, Any]:
+    """Run a `.tflite` file on the host (LiteRT with its default XNNPACK delegate), one NCHW float32 image at a time.
+
+    Images are transposed to the file's layout; quantized inputs and outputs use the file's own scale and zero
+    point. Returns `n`, `predictions` and, when `y` is given, `top1`; with `reference_logits` (e.g. PyTorch FP32,
+    N×K) also `top1_agreement` and `max_abs_diff` of the dequantized outputs; `logits` if `return_logits`.
+    """
+    x_nchw = np.asarray(x_nchw, dtype=np.float32)
+    if x_nchw.ndim != 4:
+        raise PacbEdgeError(f"evaluate_tflite expects N×C×H×W images, got shape {tuple(x_nchw.shape)}")
+    interpreter = _interpreter(path, num_threads)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    shape = tuple(int(s) for s in inp["shape"])
+    n, c, h, w = x_nchw.shape
+    if shape == (1, h, w, c):
+        x = x_nchw.transpose(0, 2, 3, 1)
+    elif shape == (1, c, h, w):
+        x = x_nchw
+    else:
+        raise PacbEdgeError(f"{Path(path).name} expects input shape {list(shape)}, images are {[n, c, h, w]} (NCHW)")
+    in_dtype = np.dtype(inp["dtype"])
+    in_scale, in_zp = _scale_zero_point(inp)
+    out_scale, out_zp = _scale_zero_point(out)
+    if np.issubdtype(in_dtype, np.integer) and in_scale is None:
+        raise PacbEdgeError(f"{Path(path).name} has an {in_dtype.name} input without quantization parameters")
+    logits = np.zeros((n, int(np.prod(out["shape"]))), np.float32)
+    for i in range(n):
+        sample = x[i : i + 1]
+        if np.issubdtype(in_dtype, np.integer):
+            limits = np.iinfo(in_dtype)
+            sample = np.clip(np.round(sample / in_scale + in_zp), limits.min, limits.max)
+        interpreter.set_tensor(inp["index"], np.ascontiguousarray(sample, dtype=in_dtype))
+        interpreter.invoke()
+        result = interpreter.get_tensor(out["index"]).reshape(-1)
+        if out_scale is not None and np.issubdtype(result.dtype, np.integer):
+            result = (result.astype(np.float32) - out_zp) * out_scale
+        logits[i] = result
+    predictions = logits.argmax(1) if logits.shape[1] else np.zeros(n, np.int64)
+    report: dict[str, Any] = {"n": int(n), "predictions": predictions}
+    if y is not None:
+        report["top1"] = float((predictions == np.asarray(y)).mean()) if n else 0.0
+    if reference_logits is not None:
+        from pacb_edge.export.onnx import compare_logits
+
+        reference_logits = np.asarray(reference_logits, dtype=np.float32)
+        if reference_logits.shape != logits.shape:
+            raise PacbEdgeError(
+                f"reference logits have shape {reference_logits.shape}, {Path(path).name} gives {logits.shape}"
+            )
+        report.update(compare_logits(logits, reference_logits, y))
+    if return_logits:
+        report["logits"] = logits
+    return report
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _check_onnx(onnx_path: Path, chw: tuple[int, ...]) -> tuple[str, bool]:
+    """Name of the ONNX file's single N×C×H×W input and whether its batch is dynamic; a `PacbEdgeError` if it
+    cannot be our kind of model."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:
+        raise PacbEdgeError(f"cannot read ONNX file {onnx_path}: {_one_line(e)}") from None
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise PacbEdgeError(f"{onnx_path.name} must have exactly one input, it has {len(inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or list(dims[1:]) != list(chw):
+        raise PacbEdgeError(
+            f"{onnx_path.name} input {inputs[0].name!r} has shape {dims}; calibration images are C×H×W {list(chw)}"
+        )
+    return inputs[0].name, not isinstance(dims[0], int) or dims[0] < 1
+
+
+def _simplify_copy(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst`, simplified in-process (onnx2tf's own onnxsim step shells out to whatever is on PATH)."""
+    import onnx
+
+    shutil.copyfile(src, dst)
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(onnx.load(str(dst)))
+        if ok:
+            onnx.save(simplified, str(dst))
+    except Exception:  # simplification is an optimization; onnx2tf reports real problems itself
+        pass
+
+
+@contextlib.contextmanager
+def _captured_output(log: Path) -> Iterator[None]:
+    """Send Python and C-level stdout/stderr to `log` (onnx2tf and the TFLite converter are very chatty)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            f.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+@contextlib.contextmanager
+def _offline_sample_data() -> Iterator[None]:
+    """Make onnx2tf's `download_test_image_data` read only the sample file in the current folder, never the network."""
+    import onnx2tf.onnx2tf as onnx2tf_main
+    import onnx2tf.utils.common_functions as onnx2tf_common
+
+    original = onnx2tf_common.download_test_image_data
+
+    def local_only() -> np.ndarray:
+        path = Path.cwd() / ONNX2TF_SAMPLE_DATA
+        if not path.is_file():
+            raise PacbEdgeError(f"onnx2tf wanted to download its sample images: {path} is missing")
+        return original()  # reads the local file when it exists
+
+    patched = [(m, m.download_test_image_data) for m in (onnx2tf_main, onnx2tf_common)]
+    for module, _ in patched:
+        module.download_test_image_data = local_only
+    try:
+        yield
+    finally:
+        for module, function in patched:
+            module.download_test_image_data = function
+
+
+def _import_onnx2tf():
+    """Import onnx2tf (and TensorFlow), loading torch's triton extension first when torch is in use.
+
+    With torch 2.14 and TensorFlow 2.21 in one process, triton's native library segfaults when it is loaded after
+    TensorFlow's, and torch loads it lazily (the first `torch.optim` optimizer, `torch.compile`, ...).
+    """
+    if "torch" in sys.modules and "tensorflow" not in sys.modules:
+        with contextlib.suppress(Exception):
+            import torch._dynamo  # noqa: F401  (imports triton when it is installed)
+    import onnx2tf
+
+    return onnx2tf
+
+
+def _run_onnx2tf(kwargs: dict[str, Any], work: Path, log: Path) -> None:
+    """Call `onnx2tf.convert(**kwargs)` inside `work`, quietly, offline; cwd and environment are restored."""
+    if not (work / ONNX2TF_SAMPLE_DATA).is_file():
+        raise PacbEdgeError(f"calibration sample file missing in {work}")
+    cwd = os.getcwd()
+    cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # onnx2tf sets it to -1
+    try:
+        os.chdir(work)
+        with _captured_output(log):
+            onnx2tf = _import_onnx2tf()  # inside the capture: importing TensorFlow logs to the terminal
+            with _offline_sample_data():
+                onnx2tf.convert(**kwargs)
+    finally:
+        os.chdir(cwd)
+        if cuda_visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
+        with contextlib.suppress(Exception):
+            import tf_keras
+
+            tf_keras.backend.clear_session()
+
+
+def _read_log(log: Path) -> str:
+    try:
+        return _ANSI.sub("", log.read_text(errors="replace"))
+    except OSError:
+        return ""
+
+
+def _first_error_line(text: str) -> str:
+    """The first of onnx2tf's own `ERROR:` lines (the ones after it are generic advice)."""
+    for line in text.splitlines():
+        message = line.strip()[len("ERROR:") :].strip() if line.strip().startswith("ERROR:") else ""
+        if message and not message.startswith("The trace log is below"):
+            return " ".join(message.split())[:200]
+    return ""
+
+
+def _last_exception_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\w+(Error|Exception): ", ln.strip())]
+    return " ".join(lines[-1].split())[:200] if lines else ""
+
+
+def _failure_message(onnx_path: Path, model_onnx: Path, exc: BaseException, log_text: str) -> str:
+    """One line: which ONNX op onnx2tf failed on (when known) and why."""
+    op_name = getattr(exc, "onnx_op_name", None)
+    if op_name is None:
+        names = re.findall(r"onnx_op_name: (\S+)", log_text)
+        op_name = names[-1] if names else None
+    where = ""
+    if op_name:
+        op_name = re.sub("^wa/", "/", op_name)
+        op_type = _op_type(model_onnx, op_name)
+        where = f" at ONNX op {op_type} {op_name!r}" if op_type else f" at ONNX op {op_name!r}"
+    else:
+        types = re.findall(r"(\w+) OP is not yet implemented", log_text)
+        if types:
+            where = f" at ONNX op {types[-1]} (not supported by onnx2tf)"
+    if isinstance(exc, SystemExit) or not str(exc).strip():
+        reason = _first_error_line(log_text) or type(exc).__name__
+    elif isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("onnx2tf.ops."):
+        reason = f"onnx2tf has no converter for {exc.name.rsplit('.', 1)[-1]}"
+    else:
+        reason = f"{type(exc).__name__}: {_one_line(exc)}"
+    return f"onnx2tf could not convert {onnx_path.name}{where}: {reason}"[:400]
+
+
+def _op_type(model_onnx: Path, op_name: str) -> str | None:
+    with contextlib.suppress(Exception):
+        import onnx
+
+        for node in onnx.load(str(model_onnx), load_external_data=False).graph.node:
+            if node.name in (op_name, re.sub("^/", "wa/", op_name)):
+                return node.op_type
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:200] or type(e).__name__
+
+
+def _interpreter(path: str | Path, num_threads: int | None = None):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = Path(path)
+    if not path.is_file():
+        raise PacbEdgeError(f"TFLite file not found: {path}")
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except Exception as e:
+        raise PacbEdgeError(f"LiteRT cannot load {path}: {_one_line(e)}") from None
+    return interpreter
+
+
+def _scale_zero_point(detail: dict[str, Any]) -> tuple[float | None, int | None]:
+    scale, zero_point = detail["quantization"]
+    if not scale:
+        return None, None
+    return float(scale), int(zero_point)
+
+
+def _tensor_info(detail: dict[str, Any], with_layout: bool = False) -> dict[str, Any]:
+    shape = [int(s) for s in detail["shape"]]
+    info: dict[str, Any] = {"name": detail["name"], "shape": shape}
+    if with_layout and len(shape) == 4:
+        info["layout"] = "NHWC" if shape[3] <= shape[1] else "NCHW"
+    scale, zero_point = _scale_zero_point(detail)
+    info.update({"dtype": np.dtype(detail["dtype"]).name, "scale": scale, "zero_point": zero_point})
+    return info
