@@ -35,6 +35,7 @@ test-fast: install sysdeps
 
 demo: install
 	$(VENV)/bin/pacb-edge models
+	$(VENV)/bin/pacb-edge demo
 
 lint: install
 	$(VENV)/bin/ruff check .

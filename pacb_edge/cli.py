@@ -438,11 +438,55 @@ def bench(
         raise typer.Exit(code=1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 @user_errors
-def demo() -> None:
-    """Run the main job end to end on the bundled digits data."""
-    _not_yet("demo", "main-job")
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the runs, artifacts, bench reports and plots go.")] = Path(
+        "runs/demo"
+    ),
+    epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 6,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning.")] = 3,
+    prune_ratio: Annotated[float, typer.Option(help="Global fraction of channels PACB removes.")] = 0.3,
+    width_mult: Annotated[float, typer.Option(help="Width multiplier (1.0 = the papers' models).")] = 1.0,
+    bench_runs: Annotated[int, typer.Option(help="Timed runs per artifact.")] = 100,
+    threads: Annotated[int | None, typer.Option(help="Inference threads for the bench.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run the main job end to end on the bundled digits data: train, prune, export, verify, bench."""
+    from rich.table import Table
+
+    from pacb_edge.experiments import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        out=out,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        prune_ratio=prune_ratio,
+        width_mult=width_mult,
+        bench_runs=bench_runs,
+        threads=threads,
+        progress=progress,
+    )
+    result = run_demo(cfg, log=lambda msg: err_console.print(f"[bold cyan]demo:[/] {msg}"))
+    table = Table(title="PACB on digits (32x32): accuracy, size and per-image latency on this CPU (batch 1)")
+    for col in ("model", "acc %", "params M", "FLOPs M (MACs)", "ONNX ms", "TFLite-INT8 ms", "INT8 acc %", "INT8 KB"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in result["rows"]:
+        table.add_row(
+            f"{r['arch']} {r['variant']}",
+            f"{100 * r['test_top1']:.2f}",
+            f"{r['params'] / 1e6:.3f}",
+            f"{r['macs'] / 1e6:.2f}",
+            f"{r['onnx_ms']:.3f}" if r.get("onnx_ms") else "-",
+            f"{r['tflite_int8_ms']:.3f}" if r.get("tflite_int8_ms") else "-",
+            f"{100 * r['int8_top1']:.2f}",
+            f"{r['tflite_int8_bytes'] / 1024:.1f}",
+        )
+    console.print(table)
+    console.print(
+        f"total {result['timings_s']['total']:.0f} s; results: {out / 'demo_results.json'}, "
+        f"{out / 'demo_results.md'}, {out / 'bench' / 'pareto.png'}"
+    )
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

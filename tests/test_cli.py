@@ -31,7 +31,7 @@ def test_models_rejects_bad_input_in_one_line():
     assert "Traceback" not in r.output
 
 
-@pytest.mark.parametrize("cmd", ["demo", "reproduce"])
+@pytest.mark.parametrize("cmd", ["reproduce"])
 def test_unfinished_commands_say_not_yet_available(cmd):
     r = runner.invoke(app, [cmd])
     assert r.exit_code == 2
