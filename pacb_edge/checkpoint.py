@@ -37,7 +37,8 @@ def capture_layer_shapes(model) -> dict[str, dict[str, Any]]:
     return shapes
 
 
-def _set_module(model, name: str, new) -> None:
+def set_module(model, name: str, new) -> None:
+    """Replace the submodule at dotted `name` with `new`."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -77,13 +78,13 @@ def apply_layer_shapes(model, layers: dict[str, dict[str, Any]], removed: list[s
             model.get_submodule(name)
         except AttributeError:
             raise PacbEdgeError(f"model spec removes {name!r}, which this architecture does not have") from None
-        _set_module(model, name, nn.Identity())
+        set_module(model, name, nn.Identity())
     current = capture_layer_shapes(model)
     for name, shape in layers.items():
         if name not in current:
             raise PacbEdgeError(f"model spec names layer {name!r}, which this architecture does not have")
         if current[name] != shape:
-            _set_module(model, name, _reshaped(model.get_submodule(name), shape))
+            set_module(model, name, _reshaped(model.get_submodule(name), shape))
     return model
 
 

@@ -30,7 +30,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pacb_edge.checkpoint import record_pruned_shapes
+from pacb_edge.checkpoint import record_pruned_shapes, set_module
 from pacb_edge.errors import PacbEdgeError
 from pacb_edge.models.attention import (
     ChannelAttentionBase,
@@ -228,18 +228,12 @@ def mean_channel_attention(
     return {m: (sums[m] / counts[m]).float() for m in modules if m in sums}
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def remove_attention(model: nn.Module, kinds: Iterable[type]) -> list[str]:
     """Replace every attention module of the given types by nn.Identity; returns their names."""
     kinds = tuple(kinds)
     names = [n for n, m in model.named_modules() if kinds and isinstance(m, kinds)]
     for n in names:
-        _set_module(model, n, nn.Identity())
+        set_module(model, n, nn.Identity())
     return names
 
 

@@ -7,6 +7,7 @@ processes see the same global batches, and a resumed run replays the RNG state s
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pacb_edge.checkpoint import save_checkpoint
 from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_path, atomic_write_json, atomic_write_text
+from pacb_edge.fileio import atomic_path, atomic_write_text
 from pacb_edge.models.attention import ChannelAttentionBase
 from pacb_edge.models.spec import ModelSpec
 
@@ -286,6 +287,9 @@ def fit(
         model = model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and info.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if not cfg.augment and getattr(train_set, "augment", None) is not None:
+        train_set = copy.copy(train_set)
+        train_set.augment = None
     train_loader, sampler = _loader(train_set, cfg.batch_size, True, cfg, info)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(train_loader))
@@ -402,7 +406,3 @@ def fit(
     if info.is_main and not history:
         save_checkpoint(model, spec, out_dir)
     return model, history
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_json(path, obj)
