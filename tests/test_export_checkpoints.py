@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from test_export_tflite import _network_blocked
 
 from pacb_edge.export.api import export_checkpoint
 from pacb_edge.export.manifest import read_manifest
 from pacb_edge.export.tflite import tflite_io_details
-from test_export_tflite import _network_blocked
 
 pytestmark = pytest.mark.slow
 
