@@ -12,8 +12,3 @@ class PacbEdgeError(Exception):
 
     exit_code = 1
 
-
-class NotYetAvailable(PacbEdgeError):
-    """A sub-command whose implementation has not landed yet."""
-
-    exit_code = 2

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from pacb_edge.cli import app
@@ -29,10 +28,3 @@ def test_models_rejects_bad_input_in_one_line():
     assert r.exit_code == 1
     assert "unknown model 'nope'" in r.output
     assert "Traceback" not in r.output
-
-
-@pytest.mark.parametrize("cmd", ["reproduce"])
-def test_unfinished_commands_say_not_yet_available(cmd):
-    r = runner.invoke(app, [cmd])
-    assert r.exit_code == 2
-    assert "not yet available" in r.output

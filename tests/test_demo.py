@@ -1,0 +1,53 @@
+"""The main job at a reduced size: every artifact exists with a manifest, pruning cuts FLOPs, INT8 is smaller, and
+every accuracy beats chance."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pacb_edge.experiments import DemoConfig, run_demo
+from pacb_edge.export.manifest import manifest_path
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(
+        out=out,
+        width_mult=0.25,
+        epochs=4,
+        finetune_epochs=1,
+        calibration_images=32,
+        bench_runs=5,
+        bench_warmup=1,
+        threads=1,
+        progress=False,
+    )
+    return out, run_demo(cfg)
+
+
+def test_demo_outputs(demo):
+    out, result = demo
+    rows = {(r["arch"], r["variant"]): r for r in result["rows"]}
+    assert set(rows) == {(a, v) for a in ("mobilenetv3_large", "repvgg_a0") for v in ("Base", "CA", "CA_Pruned")}
+    for r in rows.values():
+        export = Path(r["checkpoint"]) / "export"
+        for name in ("model.onnx", "model_fp32.tflite", "model_int8.tflite"):
+            assert (export / name).is_file() and manifest_path(export / name).is_file(), (r["variant"], name)
+        assert r["tflite_int8_bytes"] < r["tflite_fp32_bytes"]
+        assert r["test_top1"] > 0.2 and r["int8_top1"] > 0.1  # 10 classes: chance is 0.1
+        assert r["onnx_ms"] > 0 and r["tflite_int8_ms"] > 0
+    for arch in ("mobilenetv3_large", "repvgg_a0"):
+        assert rows[(arch, "CA_Pruned")]["flops"] < rows[(arch, "CA")]["flops"]
+        bundle = Path(rows[(arch, "CA_Pruned")]["checkpoint"]) / "export" / "jetson_bundle"
+        assert (bundle / "model.onnx").is_file() and (bundle / "jetson" / "bench.py").is_file()
+    bench = json.loads((out / "bench" / "bench.json").read_text())["results"]
+    assert len(bench) == 18 and all(b["status"] != "failed" for b in bench)
+    assert (out / "bench" / "pareto.png").is_file() and (out / "demo_results.md").is_file()
+    md = (out / "demo_results.md").read_text()
+    assert md.count("\n") == 2 + 6 and "CA_Pruned" in md
+    for d in ("mobilenetv3_large_ca", "repvgg_a0_ca"):
+        assert (out / d / "base" / "curves.png").is_file() and (out / d / "pruned" / "confusion.png").is_file()

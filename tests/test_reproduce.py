@@ -1,0 +1,250 @@
+"""`pacb-edge reproduce`: both papers' quick grids run (library and CLI), fill every row of the papers' tables, write
+JSON + Markdown, resume without recomputing, average seeds, and carry on-device columns; bad input is one line."""
+
+import json
+import shutil
+import statistics
+
+import pytest
+from typer.testing import CliRunner
+
+from pacb_edge import cli
+from pacb_edge.cli import app
+from pacb_edge.reproduce import (
+    CPSCA_METHODS,
+    CPSCA_PAPER,
+    PACB_LATENCY_MS,
+    PACB_PAPER,
+    ReproduceConfig,
+    default_cpsca_ratios,
+    run_reproduce,
+)
+
+runner = CliRunner()
+MISSING = ("", "failed", "n/a", "-", "—")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models train faster on one thread, and do not fight a busy 2-core CI box for the second one."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _quick(paper, out, **kw):
+    return ReproduceConfig(paper=paper, quick=True, out=out, threads=1, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def pacb(tmp_path_factory):
+    """The PACB quick grid, through the library."""
+    out = tmp_path_factory.mktemp("reproduce_pacb")
+    return out, run_reproduce(_quick("pacb", out))
+
+
+@pytest.fixture(scope="module")
+def cpsca(tmp_path_factory):
+    """The CPSCA quick grid, through the CLI."""
+    out = tmp_path_factory.mktemp("reproduce_cpsca")
+    r = runner.invoke(app, ["reproduce", "cpsca", "--quick", "--out", str(out), "--threads", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return out, json.loads((out / "reproduce.json").read_text()), r.output
+
+
+def _assert_filled(table):
+    for row in table["rows"]:
+        assert len(row) == len(table["header"])
+        for cell, measured, col in zip(row, table["measured"], table["header"], strict=True):
+            if measured:
+                assert cell not in MISSING, f"{table['key']}: {col} is empty in {row}"
+
+
+def test_pacb_quick_fills_tables_2_to_4(pacb):
+    out, result = pacb
+    tables = {t["key"]: t for t in result["tables"]}
+    assert list(tables) == ["table2", "table3", "table4"]
+    assert [r[1] for r in tables["table2"]["rows"]] == [
+        "MobileNetV3 (Base)",
+        "MobileNetV3_CA",
+        "MobileNetV3_CA_Pruned",
+    ]
+    assert len(tables["table3"]["rows"]) == 3 and len(tables["table4"]["rows"]) == 6
+    for t in tables.values():
+        _assert_filled(t)
+    # The paper's numbers sit next to ours (digits is not in the paper: its CIFAR-10 column is shown).
+    assert tables["table2"]["rows"][0][3] == "95.20 ± 0.12" and tables["table3"]["rows"][2][9] == "19.1"
+    assert "MACs" in " ".join(tables["table2"]["header"])
+    rows = {r["row"]: r for r in result["records"]}
+    for arch in ("mobilenetv3_large", "repvgg_a0"):
+        ca, pruned = rows[f"{arch}/CA"], rows[f"{arch}/CA_Pruned"]
+        assert pruned["params"] < ca["params"] and pruned["macs"] < ca["macs"]
+        assert pruned["host"]["status"] == "ok" and pruned["host"]["per_image_ms"] > 0
+    assert {r["seed"] for r in result["records"]} == {0}
+    for metrics in out.glob("seed0/*/metrics.json"):
+        assert json.loads(metrics.read_text())["seed"] == 0
+    assert json.loads((out / "reproduce.json").read_text())["tables"] == result["tables"]
+    md = (out / "reproduce.md").read_text()
+    assert "## PACB Table 2" in md and "| digits | MobileNetV3 (Base) |" in md and "95.20 ± 0.12" in md
+
+
+def test_cpsca_quick_cli_fills_tables_4_and_5(cpsca):
+    out, result, output = cpsca
+    tables = {t["key"]: t for t in result["tables"]}
+    assert list(tables) == ["table4", "table5"]
+    for t in tables.values():
+        _assert_filled(t)
+        assert [r[0] for r in t["rows"]] == ["baseline", "L1-norm", "Slimming", "CPSE", "CPSCA"]
+    vgg = tables["table4"]["rows"]
+    assert vgg[0][3] == "16.87" and vgg[0][13] == "93.04"  # the paper's baseline params and accuracy
+    rows = {r["row"]: r for r in result["records"]}
+    # Our 0.5 channel ratio is compared with the paper's level nearest in params pruned (mean over the methods).
+    ours = 100 * statistics.fmean(rows[f"vgg16/{m}/0.50"]["params_pruned"] for m in CPSCA_METHODS)
+    levels = [lv["params_pruned_pct"] for lv in CPSCA_PAPER["vgg16"]["cifar10"]["levels"]]
+    assert vgg[1][5] == f"{min(levels, key=lambda p: abs(p - ours)):.2f}"
+    for arch in ("vgg16", "resnet56"):
+        for method in CPSCA_METHODS:
+            r = rows[f"{arch}/{method}/0.50"]
+            assert r["params"] < rows[f"{arch}/baseline"]["params"] and r["params_pruned"] > 0.2
+    assert rows["vgg16/bn-scale/0.50"]["sparsity"] == 1e-4 and rows["vgg16/l1-norm/0.50"]["sparsity"] == 0.0
+    assert "CPSCA Table 4" in output and "reused" in output
+    assert (out / "reproduce.md").read_text().count("## CPSCA Table") == 2
+
+
+def test_rerun_recomputes_nothing(pacb, cpsca, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+
+    for target in (
+        "pacb_edge.train.fit",
+        "pacb_edge.pipeline.run_pipeline",
+        "pacb_edge.export.api.export_checkpoint",
+        "pacb_edge.device_bench.bench.run_bench",
+    ):
+        monkeypatch.setattr(target, boom)
+    for (out, first, *_), paper, cells in ((pacb, "pacb", 4), (cpsca, "cpsca", 16)):
+        mtimes = {p: p.stat().st_mtime_ns for p in out.glob("seed0/*/metrics.json")}
+        again = run_reproduce(_quick(paper, out))
+        assert again["timings"]["cells_computed"] == 0 and again["timings"]["cells_cached"] == cells
+        assert again["tables"] == first["tables"]
+        assert {p: p.stat().st_mtime_ns for p in out.glob("seed0/*/metrics.json")} == mtimes
+
+
+def test_cli_prints_the_papers_layout(pacb, monkeypatch):
+    out, _ = pacb
+    monkeypatch.setattr(cli.console, "width", 240)
+    r = runner.invoke(app, ["reproduce", "pacb", "--quick", "--out", str(out), "--threads", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    for text in ("PACB Table 2", "PACB Table 3", "PACB Table 4", "MobileNetV3_CA_Pruned", "95.20 ± 0.12", "= MACs"):
+        assert text in r.output
+    assert "0 cell(s) computed, 4 reused" in r.output
+
+
+def test_seeds_give_mean_and_std(pacb, tmp_path):
+    out = tmp_path / "seeds"
+    shutil.copytree(pacb[0], out)  # seed 0 is reused, seed 1 is trained
+    result = run_reproduce(_quick("pacb", out, seeds=2, archs=("mobilenetv3_large",)))
+    assert result["timings"]["cells_computed"] == 2 and result["timings"]["cells_cached"] == 2
+    assert [t["key"] for t in result["tables"]] == ["table2", "table4"]
+    table = result["tables"][0]
+    _assert_filled(table)
+    for i, variant in enumerate(("Base", "CA", "CA_Pruned")):
+        accs = [100 * r["test_top1"] for r in result["records"] if r["row"] == f"mobilenetv3_large/{variant}"]
+        assert len(accs) == 2
+        assert table["rows"][i][2] == f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+    assert {r["seed"] for r in result["records"]} == {0, 1}
+    assert json.loads((out / "seed1" / "mobilenetv3_large_ca" / "metrics.json").read_text())["seed"] == 1
+
+
+def test_device_columns_come_from_the_device_runner(pacb, tmp_path, monkeypatch):
+    from pacb_edge.device_bench.record import BenchResult, latency_stats
+
+    out = tmp_path / "jetson"
+    shutil.copytree(pacb[0], out)
+    calls = []
+
+    def fake_export(checkpoint, targets, out_dir=None, **kw):
+        assert targets == ["trt"]
+        (out_dir / "jetson_bundle").mkdir(parents=True)
+        return {"artifacts": [{"path": str(out_dir / "jetson_bundle"), "format": "trt-bundle"}]}
+
+    def fake_bench(paths, opts):
+        calls.append((opts.device, opts.jetson["host"], len(paths)))
+        return [
+            BenchResult(p, "trt", opts.device, "stub", latency_ms=latency_stats([2.0, 2.5, 3.0]), top1=0.5)
+            for p in paths
+        ]
+
+    monkeypatch.setattr("pacb_edge.export.api.export_checkpoint", fake_export)
+    monkeypatch.setattr("pacb_edge.device_bench.bench.run_bench", fake_bench)
+    cfg = _quick("pacb", out, device="jetson", jetson={"host": "nano@10.0.0.2"})
+    result = run_reproduce(cfg)
+    assert calls == [("jetson", "nano@10.0.0.2", 6)]  # the host CPU numbers were cached
+    tables = {t["key"]: t for t in result["tables"]}
+    assert tables["table2"]["header"][-2:] == ["Jetson (TensorRT) ms ours", "Jetson (TensorRT) acc (%) ours"]
+    assert all(row[-2:] == ["2.500", "50.00"] for row in tables["table2"]["rows"])
+    assert tables["table4"]["header"][-1] == "Jetson (TensorRT) ms ours"
+    _assert_filled(tables["table2"])
+    run_reproduce(cfg)  # cached on the second run
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["reproduce", "nope"], "unknown paper 'nope'"),
+        (["reproduce", "pacb", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["reproduce", "cpsca", "--ratios", "a,b"], "--ratios expects comma-separated numbers"),
+        (["reproduce", "cpsca", "--ratios", "1.5"], "pruning ratios must be in (0, 1)"),
+        (["reproduce", "pacb", "--device", "jetson"], "--device jetson needs --host"),
+    ],
+)
+def test_bad_input_is_one_line(args, message, tmp_path):
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_missing_dataset_files_give_the_data_layers_error(tmp_path):
+    r = runner.invoke(
+        app,
+        [
+            "reproduce",
+            "pacb",
+            "--quick",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+    )
+    assert r.exit_code == 1, r.output
+    assert "cifar10" in r.output and "not found" in r.output and "Traceback" not in r.output
+
+
+def test_transcribed_paper_numbers_are_consistent():
+    """The paper's own redundancy checks the transcription: |Acc - baseline| is its change column, and a level's
+    pruned % agrees with its params and GFLOPs."""
+    for arch, paper in CPSCA_PAPER.items():
+        for ds in ("cifar10", "cifar100"):
+            base, levels = paper[ds]["baseline"], paper[ds]["levels"]
+            for lv in levels:
+                for m in CPSCA_METHODS:
+                    assert round(abs(lv["acc"][m] - base["acc"]), 2) == lv["delta_abs"][m], (arch, ds, m)
+                assert abs(100 * (1 - lv["params_m"] / base["params_m"]) - lv["params_pruned_pct"]) < 1.5
+                assert abs(100 * (1 - lv["gflops"] / base["gflops"]) - lv["gflops_pruned_pct"]) < 0.5
+            assert [lv["params_pruned_pct"] for lv in levels] == sorted(lv["params_pruned_pct"] for lv in levels)
+    assert default_cpsca_ratios("vgg16") == (0.18, 0.29, 0.55, 0.79)
+    assert default_cpsca_ratios("resnet56") == (0.28, 0.56, 0.78)
+    for arch, by_ds in PACB_PAPER.items():
+        for ds, rows in by_ds.items():
+            assert rows["CA_Pruned"]["flops_m"] < rows["CA"]["flops_m"]
+            assert rows["CA_Pruned"]["params_m"] < rows["CA"]["params_m"]
+            assert PACB_LATENCY_MS[arch]["CA_Pruned"][ds] < PACB_LATENCY_MS[arch]["CA"][ds]
