@@ -364,31 +364,48 @@ def write_reports(results: list[BenchResult], out_dir: str | Path, meta: dict[st
     return paths
 
 
-def plot_pareto(results: list[BenchResult], path: str | Path) -> Path:
-    """Accuracy vs per-image latency, with the Pareto front (no other point is both faster and more accurate)."""
-    from pacb_edge.plots import _pyplot, _save
+def short_label(artifact: str) -> str:
+    """A readable label: the two folders above `export/` (run and stage) plus the file name."""
+    p = Path(artifact)
+    parts = p.parts
+    if "export" in parts:
+        i = len(parts) - 1 - parts[::-1].index("export")
+        return "/".join(parts[max(0, i - 2) : i]) + ":" + p.name
+    return "/".join(parts[-2:])
 
-    plt = _pyplot()
-    pts = [
-        (r.per_image_ms, 100 * r.top1, Path(r.artifact).name, r)
-        for r in results
-        if r.status != STATUS_FAILED and r.per_image_ms and r.top1 is not None
-    ]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for ms, acc, label, r in pts:
-        ax.scatter(ms, acc, marker="o" if r.format != "tflite" else "s")
-        ax.annotate(
-            f"{label} ({r.precision or r.format})", (ms, acc), fontsize=7, xytext=(4, 3), textcoords="offset points"
-        )
-    front, best = [], -1.0
-    for ms, acc, *_ in sorted(pts, key=lambda p: (p[0], -p[1])):
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(latency, accuracy) points that no other point beats on both (faster and at least as accurate)."""
+    front, best = [], -float("inf")
+    for ms, acc in sorted(points, key=lambda p: (p[0], -p[1])):
         if acc > best:
             front.append((ms, acc))
             best = acc
+    return front
+
+
+def plot_pareto(results: list[BenchResult], path: str | Path) -> Path:
+    """Accuracy vs per-image latency, with the Pareto front."""
+    from pacb_edge.plots import _pyplot, _save
+
+    plt = _pyplot()
+    pts = [r for r in results if r.status != STATUS_FAILED and r.per_image_ms and r.top1 is not None]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    markers = {"onnx": "o", "tflite": "s", "torch": "^", "trt": "D"}
+    for r in pts:
+        ax.scatter(r.per_image_ms, 100 * r.top1, marker=markers.get(r.format, "o"))
+        ax.annotate(
+            f"{short_label(r.artifact)}",
+            (r.per_image_ms, 100 * r.top1),
+            fontsize=6,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    front = pareto_front([(r.per_image_ms, 100 * r.top1) for r in pts])
     if len(front) > 1:
         ax.plot(*zip(*front, strict=True), "--", color="grey", label="Pareto front")
         ax.legend(fontsize=8)
-    ax.set_xlabel("per-image latency, p50 (ms, batch 1)")
+    ax.set_xlabel("per-image latency, p50 (ms, batch 1); o ONNX, s TFLite, ^ PyTorch, D TensorRT")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"accuracy vs latency ({results[0].device if results else ''})")
     ax.grid(alpha=0.3)
