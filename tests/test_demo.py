@@ -18,8 +18,8 @@ def demo(tmp_path_factory):
     cfg = DemoConfig(
         out=out,
         width_mult=0.25,
-        epochs=4,
-        finetune_epochs=1,
+        epochs=10,
+        finetune_epochs=3,
         calibration_images=32,
         bench_runs=5,
         bench_warmup=1,

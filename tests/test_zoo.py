@@ -124,7 +124,7 @@ def test_every_arch_and_attention_exports_to_onnx_with_parity(arch, attention):
             m.reset_running_stats()
             m.momentum = None
     with torch.no_grad():
-        model.train()(torch.randn(8, 3, 32, 32))
+        model.train()(torch.randn(64, 3, 32, 32))
     model.eval()
     if hasattr(model, "reparameterize"):
         model.reparameterize()
@@ -135,8 +135,11 @@ def test_every_arch_and_attention_exports_to_onnx_with_parity(arch, attention):
     (got,) = sess.run(None, {"input": x.numpy()})
     with torch.no_grad():
         want = model(x).numpy()
-    # Absolute 1e-4 on logits of order 1; deep random nets (ResNet-110) reach 1e4, so scale with them.
-    assert np.abs(got - want).max() < 1e-4 * max(1.0, float(np.abs(want).max()))
+    # 1e-4 on logits of order 1, scaled with larger logits. SCA and SGE normalise over positions by the std, which on
+    # the 2x2 maps of the last stage divides by ~sqrt(eps) and amplifies float32 summation-order differences; they get
+    # 3e-4 (seen: 1.3e-4 for VGG19-SCA).
+    tol = 3e-4 if attention in ("sca", "sge") else 1e-4
+    assert np.abs(got - want).max() < tol * max(1.0, float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
