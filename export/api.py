@@ -283,10 +283,13 @@ def get_format(name: str) -> ExportFormat:
     return FORMATS[name]
 
 
-def parse_precisions(fmt: ExportFormat, precision: str | None) -> tuple[str, ...]:
+def parse_precisions(fmt: ExportFormat, precision: str | None, lenient: bool = False) -> tuple[str, ...]:
+    """The precisions to produce for `fmt`. With several targets (`lenient`), each keeps the ones it supports."""
     if not precision:
         return fmt.default_precisions
     wanted = tuple(p.strip().lower() for p in precision.split(",") if p.strip())
+    if lenient:
+        wanted = tuple(p for p in wanted if p in fmt.precisions)
     bad = [p for p in wanted if p not in fmt.precisions]
     if bad or not wanted:
         raise PacbEdgeError(
@@ -323,7 +326,7 @@ def export_checkpoint(
     from pacb_edge.export.onnx import deployable, torch_logits
 
     formats = [get_format(t) for t in targets]
-    precisions = {f.name: parse_precisions(f, precision) for f in formats}
+    precisions = {f.name: parse_precisions(f, precision, lenient=len(formats) > 1) for f in formats}
     if calibration_images < 1 and any("int8" in p for p in precisions.values()):
         raise PacbEdgeError("INT8 needs calibration data: --calibration-images must be at least 1")
     weights = resolve_checkpoint(checkpoint)

@@ -11,4 +11,3 @@ class PacbEdgeError(Exception):
     """A user error with a one-line explanation."""
 
     exit_code = 1
-

@@ -23,6 +23,8 @@ def test_formats_table():
         get_format("coreml")
     with pytest.raises(PacbEdgeError, match="not available for onnx"):
         parse_precisions(FORMATS["onnx"], "int8")
+    assert parse_precisions(FORMATS["onnx"], "fp32,int8", lenient=True) == ("fp32",)
+    assert parse_precisions(FORMATS["tflite"], "fp32,int8", lenient=True) == ("fp32", "int8")
 
 
 def test_onnx_export_is_verified_and_self_describing(tiny_run, tmp_path):
