@@ -7,7 +7,6 @@ So a pruned checkpoint loads in any process, with no pickled module objects (Tor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +173,3 @@ def load_checkpoint(path: str | Path, expect_arch: str | None = None, expect_num
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise PacbEdgeError(f"checkpoint {weights} does not match its {spec.arch} spec: {detail}") from None
     return model.eval(), spec
-
-
-def spec_summary(spec: ModelSpec) -> str:
-    return json.dumps({k: v for k, v in spec.to_dict().items() if k not in ("layers",)}, sort_keys=True)

@@ -19,6 +19,7 @@ from pacb_edge.fileio import atomic_write_json, atomic_write_text, ensure_dir
 # PACB's variants: the paper's Base (the architecture as published: SE in MobileNetV3, none in RepVGG), Base+CA
 # (CA in every block, sparsity-trained), and Base+CA+Pruned (bn-scale pruning of that model, fine-tuned).
 DEMO_ARCHS = ("mobilenetv3_large", "repvgg_a0")
+DEMO_VARIANTS: tuple[tuple[str, str | None], ...] = (("Base", None), ("CA", "ca"))
 
 
 @dataclass
@@ -116,10 +117,6 @@ class DemoConfig:
     progress: bool = True
 
 
-def _variants(arch: str) -> list[tuple[str, str | None]]:
-    return [("Base", None), ("CA", "ca")]
-
-
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """The main job on the bundled digits data: train Base / Base+CA / Base+CA+Pruned for each arch, export each to
     ONNX and FP32 + INT8 TFLite (verified), bench everything on the host CPU, and make the Jetson bundles of the
@@ -133,7 +130,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     artifacts: dict[tuple[str, str], dict[str, str]] = {}
     t_start = time.perf_counter()
     for arch in cfg.archs:
-        for label, attention in _variants(arch):
+        for label, attention in DEMO_VARIANTS:
             cell = CellConfig(
                 arch=arch,
                 attention=attention,

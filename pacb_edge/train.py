@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import os
 import random
@@ -225,17 +226,11 @@ def save_train_state(
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": _rng_state(),
-        "history_json": _json(history),
-        "config_json": _json(asdict(cfg)),
+        "history_json": json.dumps(history),
+        "config_json": json.dumps(asdict(cfg)),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj)
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
@@ -247,8 +242,6 @@ def load_train_state(path: Path) -> dict[str, Any]:
 
 
 def _write_metrics(out_dir: Path, history: list[dict]) -> None:
-    import json
-
     atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     buf = io.StringIO()
     if history:
@@ -299,8 +292,6 @@ def fit(
     history: list[dict] = []
     start_epoch = 0
     if resume:
-        import json
-
         state = load_train_state(state_path)
         try:
             model.load_state_dict(state["model"])
