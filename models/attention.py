@@ -18,6 +18,7 @@ import inspect
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pacb_edge.errors import PacbEdgeError
@@ -38,6 +39,18 @@ def _eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
     """ECA's adaptive Conv1d kernel: t = int(|(log2 C + beta) / gamma|), made odd."""
     t = int(abs((math.log2(channels) + beta) / gamma))
     return t if t % 2 else t + 1
+
+
+def _channel_conv_gate(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """ECA's gate sigmoid(Conv1d over the channel axis of the pooled vector), shape (B, C, 1, 1).
+
+    The Conv1d's weights run as a (1, k) 2-D convolution on a (B, 1, 1, C) map: the same numbers, but ONNX gets a
+    2-D `Conv`, which every TensorRT parser imports (TensorRT 8.2 takes 2-D and 3-D convolutions only).
+    """
+    b, c = x.shape[:2]
+    pooled = x.mean((2, 3)).reshape(b, 1, 1, c)
+    y = F.conv2d(pooled, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]))
+    return torch.sigmoid(y).reshape(b, c, 1, 1)
 
 
 def _grouped_spatial_gate(
@@ -285,7 +298,7 @@ class ECA(ChannelAttentionBase):
     """Efficient Channel Attention (Wang et al. 2020): global average pool, Conv1d across channels, sigmoid.
 
     The kernel is ECA's adaptive size from C (`gamma=2`, `beta=1`, the paper's b) unless `kernel_size` is
-    given. The Conv1d runs on a (B, 1, C) tensor, which exports to ONNX as a plain Conv.
+    given. The Conv1d's weights run as a 2-D (1, k) convolution (`_channel_conv_gate`), so ONNX gets a 2-D Conv.
     """
 
     def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2, beta: float = 1) -> None:
@@ -294,8 +307,7 @@ class ECA(ChannelAttentionBase):
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        s = torch.sigmoid(self.conv(x.mean((2, 3)).reshape(b, 1, c))).reshape(b, c, 1, 1)
+        s = _channel_conv_gate(self.conv, x)
         self._record(s)
         return x * s
 
@@ -324,8 +336,7 @@ class LAM(ChannelAttentionBase):
         self.spatial_pw = nn.Conv2d(2, 1, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        s = torch.sigmoid(self.eca_conv(x.mean((2, 3)).reshape(b, 1, c))).reshape(b, c, 1, 1)
+        s = _channel_conv_gate(self.eca_conv, x)
         self._record(s)
         x = x * s
         pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)

@@ -44,6 +44,8 @@ def test_wheel_ships_device_harnesses_as_package_data(wheel_names):
         assert f"pacb_edge/jetson/{src.name}" in jetson
     for src in list((ROOT / "android").glob("*.sh")) + list((ROOT / "android").glob("*.py")):
         assert f"pacb_edge/android/{src.name}" in android
+    for src in (ROOT / "export" / "trt_ops").glob("*.txt"):  # the TensorRT operator tables of `pacb-edge check`
+        assert f"pacb_edge/export/trt_ops/{src.name}" in wheel_names
 
 
 def test_wheel_has_no_top_level_models_or_export(wheel_names):
