@@ -5,8 +5,9 @@
 - `LiteRTRunner`: a .tflite file with the ai-edge-litert Interpreter (XNNPACK), NHWC and int8 handled from the
   file's own quantization parameters.
 
-`infer` takes NCHW float32 images normalized as in training and returns float32 logits, so every runner is fed the
-same real test images.
+`infer` takes NCHW float32 raw pixels (0-255) and returns float32 logits, so every runner is fed the same real test
+images; each artifact normalizes them in its own graph (a checkpoint is wrapped the same way). Files exported before
+raw-pixel inputs take normalized images instead (the bench reads which from the manifest).
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ class TorchRunner(HostRunner):
         import torch
 
         from pacb_edge.checkpoint import load_checkpoint
-        from pacb_edge.export.onnx import deployable
+        from pacb_edge.export.onnx import deployable, pixel_input
 
         model, self.spec = load_checkpoint(self.path)
-        self.model = deployable(model)
+        self.model = pixel_input(deployable(model), self.spec)  # raw pixels in, like every exported artifact
         self.precision = "fp32"
         if self.threads:
             torch.set_num_threads(self.threads)

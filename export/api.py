@@ -46,42 +46,47 @@ class ExportContext:
     checkpoint: Path
     model: Any
     spec: Any
-    x_test: np.ndarray
+    x_test: np.ndarray  # raw pixels as float32 NCHW 0-255: what every artifact takes
+    x_test_raw: np.ndarray  # the same pixels as uint8 (what a device is fed)
     y_test: np.ndarray
     torch_logits: np.ndarray
     calibration: Callable[[], np.ndarray]
     staging: Path
     opset: int = 17
+    trt_version: str = "8.2"
     dynamic_batch: bool = False
     max_int8_drop: float = 1.0
     allow_drop: bool = False
-    host: str | None = None
-    port: int | None = None
-    remote_dir: str = "~/pacb_edge"
     notes: list[str] = field(default_factory=list)
     model_facts: dict[str, Any] = field(default_factory=dict)
-    _onnx: Path | None = None
+    ssh: dict[str, Any] = field(default_factory=dict)
+    _onnx: dict[int, Path] = field(default_factory=dict)
 
     @property
     def torch_top1(self) -> float:
         return float((self.torch_logits.argmax(1) == self.y_test).mean())
 
-    def onnx_file(self) -> Path:
-        """Export (once) the ONNX file every other format starts from."""
-        if self._onnx is None:
+    def onnx_file(self, opset: int | None = None) -> Path:
+        """Export (once per opset) the ONNX file the other formats start from; `--opset` unless one is given."""
+        opset = self.opset if opset is None else opset
+        if opset not in self._onnx:
             from pacb_edge.export.onnx import export_onnx
 
-            self._onnx = export_onnx(
-                self.model, self.spec, self.staging / "model.onnx", opset=self.opset, dynamic_batch=self.dynamic_batch
+            name = "model.onnx" if opset == self.opset else f".model_opset{opset}.onnx"
+            self._onnx[opset] = export_onnx(
+                self.model, self.spec, self.staging / name, opset=opset, dynamic_batch=self.dynamic_batch
             )
-        return self._onnx
+        return self._onnx[opset]
 
 
 def _input_info(spec, layout: str = "NCHW", dtype: str = "float32", quant: dict | None = None) -> dict[str, Any]:
+    """The manifest's input record: every artifact takes raw pixels 0-255 and normalizes them in its graph."""
+    from pacb_edge.export.onnx import RAW_PIXEL_INPUT
+
     shape = [1, spec.in_chans, spec.input_size, spec.input_size]
     if layout == "NHWC":
         shape = [1, spec.input_size, spec.input_size, spec.in_chans]
-    return {"name": "input", "shape": shape, "layout": layout, "dtype": dtype, **(quant or {})}
+    return {"name": "input", "shape": shape, "layout": layout, "dtype": dtype, **RAW_PIXEL_INPUT, **(quant or {})}
 
 
 def _manifest_common(ctx: ExportContext) -> dict[str, Any]:
@@ -120,9 +125,10 @@ def export_onnx_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[
 
 def export_tflite_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[dict[str, Any]]:
     from pacb_edge.export.manifest import tool_versions, write_manifest
-    from pacb_edge.export.tflite import convert_onnx_to_tflite, evaluate_tflite, tflite_io_details
+    from pacb_edge.export.tflite import convert_onnx_to_tflite, evaluate_tflite, pin_input_range, tflite_io_details
 
     calibration = ctx.calibration() if "int8" in precisions else ctx.x_test[:1]
+    calibration = pin_input_range(calibration, 0.0, 255.0)  # the INT8 input then takes pixels with scale 1
     onnx_path = ctx.onnx_file()
     t0 = time.perf_counter()
     files = convert_onnx_to_tflite(onnx_path, ctx.staging, calibration, precisions=precisions, stem="model")
@@ -137,6 +143,12 @@ def export_tflite_target(ctx: ExportContext, precisions: tuple[str, ...]) -> lis
         verification["drop_vs_torch_pp"] = 100 * (ctx.torch_top1 - verification["top1"])
         if precision == "int8":
             verification["calibration_images"] = int(len(calibration))
+            scale, zero_point = io["input"].get("scale"), io["input"].get("zero_point")
+            if not (scale and abs(scale - 1.0) < 1e-6 and zero_point == -128):
+                ctx.notes.append(
+                    f"{path.name}: INT8 input has scale {scale} and zero point {zero_point}, not 1 and -128: feed it "
+                    "through its own quantization parameters (TFLite's run_eval would feed it wrongly)"
+                )
         results.append(
             {
                 "path": path,
@@ -182,11 +194,17 @@ def export_tflite_target(ctx: ExportContext, precisions: tuple[str, ...]) -> lis
 
 
 def export_trt_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A Jetson bundle at the target TensorRT's opset, checked against its parser before anything is written;
+    with `--host` (or TensorRT here) the engine is built where it runs and its accuracy verified like any artifact."""
     from pacb_edge.export.manifest import tool_versions
-    from pacb_edge.export.tensorrt import build_engine_here, run_harness, tensorrt_available, write_bundle
+    from pacb_edge.export.tensorrt import build_and_verify, tensorrt_available, write_bundle
+    from pacb_edge.export.trt_check import get_profile, preflight
 
+    profile = get_profile(ctx.trt_version)
+    opset = min(ctx.opset, profile.max_opset)
+    onnx_path = ctx.onnx_file(opset)
+    preflight(onnx_path, profile.version)  # refuse here, before the bundle is written or sent anywhere
     calibration = ctx.calibration()  # always the full set: the bundle may be built as INT8 on the device later
-    onnx_path = ctx.onnx_file()
     manifest = {
         "format": "trt-bundle",
         "precisions": list(precisions),
@@ -199,67 +217,58 @@ def export_trt_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[d
         "calibration_images": int(len(calibration)),
         "test_images": int(len(ctx.x_test)),
         "torch_top1": ctx.torch_top1,
+        "opset": opset,
+        "tensorrt_profile": {"version": profile.version, "jetpack": profile.jetpack, "max_opset": profile.max_opset},
+        "preflight": "ok",
         "tools": tool_versions("torch", "onnx"),
         "model": ctx.model_facts,
     }
     manifest["source_checkpoint"] = str(ctx.checkpoint)
     t0 = time.perf_counter()
-    bundle = write_bundle(ctx.staging / "jetson_bundle", onnx_path, calibration, ctx.x_test, ctx.y_test, manifest)
-    results: list[dict[str, Any]] = []
+    bundle = write_bundle(ctx.staging / "jetson_bundle", onnx_path, calibration, ctx.x_test_raw, ctx.y_test, manifest)
     ok, why = tensorrt_available()
-    if ctx.host:
-        from pacb_edge.remote import SSHTarget
-
-        target = SSHTarget(ctx.host, port=ctx.port)
-        remote = ctx.remote_dir.rstrip("/") + "/jetson_bundle"
-        target.copy_to([str(p) for p in sorted(bundle.iterdir())], remote)
-        for precision in precisions:
-            proc = target.run(
-                ["python3", f"{remote}/jetson/build_engine.py", remote, "--precision", precision], timeout=3600
-            )
-            engine = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "?"
-            ctx.notes.append(f"built {precision} engine on {ctx.host}: {engine}")
-            results.append(
-                {
-                    "path": bundle,
-                    "format": "trt",
-                    "precision": precision,
-                    "remote_engine": engine,
-                    "verification": {},
-                    "export_seconds": time.perf_counter() - t0,
-                }
-            )
-    elif ok:
-        for precision in precisions:
-            engine = build_engine_here(bundle, precision)
-            result = run_harness(bundle, "tensorrt", precision, ["--warmup", "5", "--runs", "20"])
-            verification = {
-                "top1": result["top1"],
-                "torch_top1": ctx.torch_top1,
-                "n": result.get("n_eval"),
-                "drop_vs_torch_pp": 100 * (ctx.torch_top1 - result["top1"]),
-            }
-            results.append(
-                {
-                    "path": engine,
-                    "format": "trt",
-                    "precision": precision,
-                    "verification": verification,
-                    "export_seconds": time.perf_counter() - t0,
-                }
-            )
-    else:
+    if not (ctx.ssh.get("host") or ok):
         ctx.notes.append(
-            f"TensorRT engines are device-specific and {why}: wrote a Jetson bundle instead; build it on "
-            f"the Jetson with `python3 jetson/build_engine.py BUNDLE --precision P` or pass --host"
+            f"TensorRT engines are device-specific and {why}: wrote a Jetson bundle for {profile.label} instead; "
+            "build and verify it on the Jetson with `pacb-edge export --target trt --host USER@JETSON` or "
+            "`pacb-edge bench --device jetson`"
         )
-        results.append(
+        return [
             {
                 "path": bundle,
                 "format": "trt-bundle",
                 "precision": ",".join(precisions),
                 "verification": {},
                 "export_seconds": time.perf_counter() - t0,
+                "tensorrt_profile": profile.version,
+                "opset": opset,
+            }
+        ]
+    results: list[dict[str, Any]] = []
+    for precision in precisions:
+        result = build_and_verify(bundle, precision, eval_limit=None, **ctx.ssh)
+        verification = {
+            "top1": result["top1"],
+            "torch_top1": ctx.torch_top1,
+            "n": result.get("n_eval"),
+            "drop_vs_torch_pp": 100 * (ctx.torch_top1 - result["top1"]) if result.get("top1") is not None else None,
+            "engine": result.get("engine"),
+            "engine_cache": result.get("engine_cache"),
+            "where": ctx.ssh.get("host") or "here",
+        }
+        ctx.notes.append(
+            f"built the {precision} engine on {ctx.ssh.get('host') or 'this machine'}: {result.get('engine')} "
+            f"(top-1 {100 * (result['top1'] or 0):.2f} %)"
+        )
+        results.append(
+            {
+                "path": bundle,
+                "format": "trt",
+                "precision": precision,
+                "verification": verification,
+                "export_seconds": time.perf_counter() - t0,
+                "tensorrt_profile": profile.version,
+                "opset": opset,
             }
         )
     return results
@@ -311,51 +320,49 @@ def export_checkpoint(
     out_dir: str | Path | None = None,
     calibration_images: int = 200,
     opset: int = 17,
+    trt_version: str = "8.2",
     dynamic_batch: bool = False,
     max_int8_drop: float = 1.0,
     allow_drop: bool = False,
     data_dir: str | None = None,
     eval_limit: int | None = None,
-    host: str | None = None,
-    port: int | None = None,
-    remote_dir: str = "~/pacb_edge",
+    ssh: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Export a checkpoint to each target and verify every artifact; returns the report (also written as JSON)."""
+    """Export a checkpoint to each target and verify every artifact; returns the report (also written as JSON).
+
+    Verification uses the test split the checkpoint was trained with (`rebuild_dataset`). Every artifact takes raw
+    pixels. `ssh` (host, port, ssh_config, identity_file, remote_dir, python) sends a TensorRT bundle to a Jetson
+    to build and verify its engines there.
+    """
     from pacb_edge.checkpoint import load_checkpoint, resolve_checkpoint
-    from pacb_edge.data import load_dataset
-    from pacb_edge.export.onnx import deployable, torch_logits
+    from pacb_edge.data import rebuild_dataset
+    from pacb_edge.export.onnx import deployable, pixel_input, torch_logits
+    from pacb_edge.export.trt_check import get_profile
 
     formats = [get_format(t) for t in targets]
     precisions = {f.name: parse_precisions(f, precision, lenient=len(formats) > 1) for f in formats}
     if calibration_images < 1 and any("int8" in p for p in precisions.values()):
         raise PacbEdgeError("INT8 needs calibration data: --calibration-images must be at least 1")
+    if "trt" in precisions:
+        get_profile(trt_version)  # an unknown version is refused before any work
     weights = resolve_checkpoint(checkpoint)
     model, spec = load_checkpoint(weights)
     out = ensure_dir(out_dir or default_out_dir(weights))
     if not spec.dataset:
         raise PacbEdgeError(f"checkpoint {weights} does not name its dataset; cannot verify the export")
-    data = load_dataset(
-        spec.dataset,
-        data_dir=data_dir,
-        input_size=spec.input_size,
-        grayscale_to_rgb=spec.in_chans == 3 and spec.dataset in ("digits", "fashion-mnist"),
-    )
-    if len(data.class_names) != spec.num_classes:
-        raise PacbEdgeError(
-            f"dataset {spec.dataset} has {len(data.class_names)} classes, the checkpoint {spec.num_classes}"
-        )
-    x_test, y_test = data.arrays("test", limit=eval_limit)
-    if x_test.shape[1] != spec.in_chans:
-        raise PacbEdgeError(f"test images have {x_test.shape[1]} channels, the model expects {spec.in_chans}")
-    model = deployable(model)
+    data = rebuild_dataset(spec, data_dir=data_dir)
+    x_test_raw, y_test = data.arrays("test", limit=eval_limit, raw=True)
     from pacb_edge.models import count_flops, count_params
 
+    model = deployable(model)
     model_facts = {"params": count_params(model), **count_flops(model, spec.input_size, spec.in_chans)}
+    model = pixel_input(model, spec)
+    x_test = x_test_raw.astype(np.float32)
 
     def calibration() -> np.ndarray:
         if len(data.train) == 0:
             raise PacbEdgeError("INT8 needs calibration data, but the training split is empty")
-        return data.calibration_images(calibration_images, seed=0)
+        return data.calibration_images(calibration_images, seed=0, raw=True).astype(np.float32)
 
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     ctx = ExportContext(
@@ -363,17 +370,17 @@ def export_checkpoint(
         model=model,
         spec=spec,
         x_test=x_test,
+        x_test_raw=x_test_raw,
         y_test=y_test,
         torch_logits=torch_logits(model, x_test),
         calibration=calibration,
         staging=staging,
         opset=opset,
+        trt_version=trt_version,
         dynamic_batch=dynamic_batch,
         max_int8_drop=max_int8_drop,
         allow_drop=allow_drop,
-        host=host,
-        port=port,
-        remote_dir=remote_dir,
+        ssh=dict(ssh or {}),
         model_facts=model_facts,
     )
     artifacts: list[dict[str, Any]] = []
@@ -382,6 +389,8 @@ def export_checkpoint(
             artifacts.extend(fmt.function(ctx, precisions[fmt.name]))
         moved: dict[Path, Path] = {}
         for item in sorted(staging.iterdir()):
+            if item.name.startswith("."):  # working files (e.g. the ONNX at another opset)
+                continue
             dest = out / item.name
             if dest.is_dir() and item.is_dir():
                 shutil.rmtree(dest)
@@ -394,6 +403,7 @@ def export_checkpoint(
         a["size_bytes"] = Path(a["path"]).stat().st_size if Path(a["path"]).is_file() else None
     report = {
         "checkpoint": str(weights),
+        "split": dict(spec.split),
         "out_dir": str(out),
         "torch_top1": ctx.torch_top1,
         "n_test": int(len(x_test)),

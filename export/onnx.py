@@ -17,6 +17,11 @@ OUTPUT_NAME = "logits"
 MIN_FP32_AGREEMENT = 0.999
 
 
+PIXEL_RANGE = (0, 255)
+# What every exported artifact's manifest says about its input: raw pixels, normalized inside the graph.
+RAW_PIXEL_INPUT = {"pixel_range": list(PIXEL_RANGE), "normalization": "in-model"}
+
+
 def deployable(model):
     """A copy of `model` in eval mode with RepVGG branches fused (what every exported artifact runs)."""
     import copy
@@ -27,15 +32,51 @@ def deployable(model):
     return model
 
 
+def pixel_input(model, spec):
+    """`model` behind its own preprocessing: it takes raw pixels (float 0-255, NCHW) and normalizes them itself.
+
+    `(x / 255 - mean) / std` becomes one per-channel multiply and add in front of the network, so every exported
+    artifact (ONNX, TFLite, TensorRT) is fed the camera's pixels as they are: no mean/std on the device, and the
+    INT8 TFLite takes them with scale 1.
+    """
+    import torch
+    from torch import nn
+
+    class PixelInput(nn.Module):
+        takes_raw_pixels = True
+
+        def __init__(self, net, mean, std) -> None:
+            super().__init__()
+            self.net = net
+            mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+            self.register_buffer("scale", 1.0 / (255.0 * std_t))
+            self.register_buffer("shift", -mean_t / std_t)
+
+        def forward(self, x):
+            return self.net(x * self.scale + self.shift)
+
+    mean, std = tuple(spec.mean), tuple(spec.std)
+    if len(mean) != spec.in_chans:
+        mean, std = mean[:1] * spec.in_chans, std[:1] * spec.in_chans
+    return PixelInput(model, mean, std).eval()
+
+
 def export_onnx(
     model, spec, path: str | Path, opset: int = 17, dynamic_batch: bool = False, simplify: bool = True
 ) -> Path:
-    """Write `model` (already deployable) as ONNX with the spec in its metadata; returns the path."""
+    """Write `model` (already deployable) as ONNX with the spec in its metadata; returns the path.
+
+    The file takes raw pixels (float 0-255): a model that does not yet normalize its input is wrapped with
+    `pixel_input` first.
+    """
     import onnx
     import torch
 
     if not 11 <= opset <= 21:
         raise PacbEdgeError(f"--opset must be between 11 and 21, got {opset}")
+    if not getattr(model, "takes_raw_pixels", False):
+        model = pixel_input(model, spec)
     path = Path(path)
     x = torch.zeros(1, spec.in_chans, spec.input_size, spec.input_size)
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
@@ -64,6 +105,8 @@ def export_onnx(
             "mean": json.dumps(spec_dict["mean"]),
             "std": json.dumps(spec_dict["std"]),
             "input_layout": "NCHW",
+            "input_pixel_range": json.dumps(list(PIXEL_RANGE)),
+            "input_normalization": "in-model",
         }
         del proto.metadata_props[:]
         for k, v in meta.items():

@@ -119,6 +119,26 @@ def convert_onnx_to_tflite(
     return written
 
 
+def pin_input_range(images: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`images` whose overall min and max are `low` and `high` (a copy if a pixel had to change).
+
+    The converter derives the INT8 input's scale and zero point from the calibration data's min and max. For
+    raw 0-255 pixels we want exactly scale 1 and zero point -128 (`q = pixel - 128`, what TFLite's `run_eval`
+    and any camera pipeline feed), so one calibration image gets one pixel at `low` and one at `high` when the
+    data does not reach them already. Two pixels of one image barely move any activation range.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if len(images) == 0 or (images.min() <= low and images.max() >= high):
+        return images
+    pinned = images.copy()
+    flat = pinned[0].reshape(-1)
+    if images.min() > low:
+        flat[0] = low
+    if images.max() < high:
+        flat[-1] = high
+    return pinned
+
+
 def tflite_io_details(path: str | Path) -> dict[str, Any]:
     """Name, shape, layout, dtype and (scale, zero_point) of the input and output tensor of a `.tflite` file.
 

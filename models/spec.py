@@ -31,6 +31,9 @@ class ModelSpec:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     class_names: list[str] = field(default_factory=list)
     dataset: str | None = None
+    # How the dataset was split (`DataBundle.split_record`): seed, val_fraction, limit, sizes and the SHA-256 of
+    # the test images, so export, bench and reproduce evaluate on exactly the images the model never saw.
+    split: dict[str, Any] = field(default_factory=dict)
     # Structural-pruning record: module name -> {"type", "in", "out", "groups"} for every layer whose shape differs
     # from the unpruned build, and the names of modules replaced by nn.Identity (e.g. SCA removed after CPSCA).
     layers: dict[str, dict[str, int | str]] = field(default_factory=dict)

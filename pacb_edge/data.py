@@ -16,6 +16,7 @@ only network access is torchvision's own download, and only when `download=True`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import socket
 import tarfile
@@ -125,14 +126,30 @@ class Preprocess:
     to_rgb: bool = False
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) uint8 or [0, 1] float -> float (N, C', S, S) in [0, 1], not yet normalized."""
-        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        """(N, C, H, W) uint8 or [0, 1] float -> float (N, C', S, S) in [0, 1], not yet normalized.
+
+        The result is rounded to 8-bit steps (k / 255): the images a model trains and is tested on are exactly the
+        raw 0-255 pixels every exported artifact takes (`raw_pixels`), as a camera on the device would give them.
+        """
+        if x.dtype == torch.uint8:
+            x = x.float().div(255.0)
+            exact = True
+        else:
+            x, exact = x.float(), False
         if self.to_rgb and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         s = self.input_size
         if tuple(x.shape[-2:]) != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            exact = False
+        if not exact:
+            x = x.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
         return x
+
+    @staticmethod
+    def raw_pixels(x: torch.Tensor) -> torch.Tensor:
+        """A resized [0, 1] image as the uint8 0-255 pixels the exported artifacts take."""
+        return x.mul(255.0).round().clamp(0, 255).to(torch.uint8)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C, H, W) float in [0, 1] -> `(x - mean) / std` per channel."""
@@ -150,6 +167,10 @@ class _ImageStore(Protocol):
 
     def resized(self, indices: np.ndarray, preprocess: Preprocess) -> torch.Tensor: ...
 
+    def fingerprint(self, indices: np.ndarray) -> str:
+        """SHA-256 over what identifies the images at `indices` (and their labels) on disk."""
+        ...
+
 
 class _TensorImages:
     """In-memory images (N, C, H, W), uint8 or float in [0, 1]; resized in batches."""
@@ -164,6 +185,17 @@ class _TensorImages:
     def resized(self, indices: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
         return preprocess.resize(self.images[torch.as_tensor(indices, dtype=torch.long)])
 
+    def fingerprint(self, indices: np.ndarray) -> str:
+        """Indices, labels and the pixels themselves (a few MB even for a 10,000-image test set)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        h = hashlib.sha256(idx.tobytes())
+        h.update(self.labels[idx].astype(np.int64).tobytes())
+        pixels = self.images[torch.as_tensor(idx, dtype=torch.long)].contiguous()
+        if pixels.dtype != torch.uint8:
+            pixels = pixels.float()
+        h.update(pixels.numpy().tobytes())
+        return h.hexdigest()
+
 
 class _FileImages:
     """Images read one by one by a torchvision dataset (GTSRB, ImageFolder) with `pil_to_tensor`."""
@@ -174,6 +206,16 @@ class _FileImages:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self, indices: np.ndarray) -> str:
+        """Class folder, file name, size and label of each image (not its pixels: reading them all is slow)."""
+        samples = getattr(self.dataset, "samples", None) or getattr(self.dataset, "_samples", None) or []
+        h = hashlib.sha256()
+        for i in np.asarray(indices, dtype=np.int64):
+            path = Path(samples[int(i)][0]) if samples else Path(str(i))
+            size = path.stat().st_size if path.is_file() else -1
+            h.update(f"{path.parent.name}/{path.name}:{size}:{int(self.labels[i])}\n".encode())
+        return h.hexdigest()
 
     def resized(self, indices: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
         # Images differ in size, so each is resized on its own before stacking.
@@ -214,19 +256,31 @@ class ImageSplit(Dataset):
             x = self.augment(x)
         return self.preprocess.normalize(x), int(self.store.labels[idx])
 
-    def arrays_at(self, positions: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """Items at `positions` with the inference preprocessing (never augmented): float32 NCHW, int64 N."""
+    def arrays_at(
+        self, positions: np.ndarray, batch_size: int = 512, raw: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Items at `positions` with the inference preprocessing (never augmented) and their int64 labels.
+
+        Images are float32 NCHW normalized for the PyTorch model, or with `raw` the uint8 NCHW 0-255 pixels that
+        every exported artifact takes (its graph normalizes them itself).
+        """
         positions = np.asarray(positions, dtype=np.int64)
+        finish = Preprocess.raw_pixels if raw else self.preprocess.normalize
         chunks = [
-            self.preprocess.normalize(self.store.resized(self.indices[positions[s : s + batch_size]], self.preprocess))
+            finish(self.store.resized(self.indices[positions[s : s + batch_size]], self.preprocess))
             for s in range(0, len(positions), batch_size)
         ]
+        dtype = np.uint8 if raw else np.float32
         if chunks:
-            x = torch.cat(chunks).numpy().astype(np.float32, copy=False)
+            x = torch.cat(chunks).numpy().astype(dtype, copy=False)
         else:
             c = 3 if self.preprocess.to_rgb else len(self.preprocess.mean)
-            x = np.empty((0, c, self.preprocess.input_size, self.preprocess.input_size), dtype=np.float32)
+            x = np.empty((0, c, self.preprocess.input_size, self.preprocess.input_size), dtype=dtype)
         return np.ascontiguousarray(x), self.labels[positions].astype(np.int64)
+
+    def fingerprint(self) -> str:
+        """SHA-256 identifying this split's images on disk (see the stores' `fingerprint`)."""
+        return self.store.fingerprint(self.indices)
 
 
 # The bundle
@@ -245,10 +299,28 @@ class DataBundle:
     std: tuple[float, ...]
     in_chans: int
     input_size: int
+    seed: int = 0
+    val_fraction: float = 0.15
+    limit: int | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def split_record(self) -> dict[str, Any]:
+        """How the splits were made, for the `ModelSpec`: seed, fractions, limits, sizes and the test set's hash.
+
+        `rebuild_dataset` makes exactly these splits again and refuses data whose test hash differs.
+        """
+        return {
+            "seed": int(self.seed),
+            "val_fraction": float(self.val_fraction),
+            "limit": self.limit,
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+            "n_test": len(self.test),
+            "test_sha256": self.test.fingerprint(),
+        }
 
     def split(self, split: str) -> ImageSplit:
         """The `train`, `val` or `test` split."""
@@ -257,24 +329,25 @@ class DataBundle:
             raise PacbEdgeError(f"unknown split {split!r}; use one of: {', '.join(splits)}")
         return splits[split]
 
-    def arrays(self, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, split: str, limit: int | None = None, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The first `limit` items (all if None) of a split, preprocessed for inference with no augmentation.
 
-        Returns (x float32 N x C x H x W normalized, y int64 N).
+        Returns (x float32 N x C x H x W normalized, or uint8 raw pixels with `raw`; y int64 N).
         """
         ds = self.split(split)
         n = len(ds) if limit is None else min(max(int(limit), 0), len(ds))
-        return ds.arrays_at(np.arange(n))
+        return ds.arrays_at(np.arange(n), raw=raw)
 
-    def calibration_images(self, n: int, seed: int = 0) -> np.ndarray:
+    def calibration_images(self, n: int, seed: int = 0, raw: bool = False) -> np.ndarray:
         """`n` real train images (all of them if the split is smaller), seeded and balanced over classes.
 
-        Returns float32 N x C x H x W with the inference preprocessing, for INT8 calibration on real data.
+        Returns N x C x H x W with the inference preprocessing (float32 normalized, or uint8 pixels with `raw`),
+        for INT8 calibration on real data.
         """
         if n < 1:
             raise PacbEdgeError(f"calibration needs at least 1 image, got {n}")
         positions = _balanced_choice(self.train.labels, n, seed)
-        return self.train.arrays_at(positions)[0]
+        return self.train.arrays_at(positions, raw=raw)[0]
 
 
 # Splitting
@@ -634,4 +707,48 @@ def load_dataset(
         std=tuple(std),
         in_chans=in_chans,
         input_size=input_size,
+        seed=seed,
+        val_fraction=val_fraction,
+        limit=limit,
     )
+
+
+def _native_channels(name: str) -> int | None:
+    info = _DATASETS.get(name.partition(":")[0].strip().lower())
+    return info.in_chans if info else None
+
+
+def rebuild_dataset(spec: Any, data_dir: str | Path | None = None, download: bool = False) -> DataBundle:
+    """The dataset exactly as `spec` (a `ModelSpec` or its dict) was trained on: same seed, fractions and limits.
+
+    Export, bench and reproduce evaluate with this, never with a default split that may hold training images.
+    If the test images on disk no longer hash to the recorded value, a one-line `PacbEdgeError` stops the run
+    instead of measuring other images. Specs written before splits were recorded rebuild the seed-0 defaults.
+    """
+    d = spec if isinstance(spec, dict) else spec.to_dict()
+    name = d.get("dataset")
+    if not name:
+        raise PacbEdgeError("the model's spec names no dataset; cannot rebuild its test split")
+    split = d.get("split") or {}
+    in_chans = int(d.get("in_chans", 3))
+    bundle = load_dataset(
+        name,
+        data_dir=data_dir,
+        download=download,
+        input_size=int(d.get("input_size", 32)),
+        grayscale_to_rgb=in_chans == 3 and _native_channels(name) == 1,
+        val_fraction=float(split.get("val_fraction", 0.15)),
+        seed=int(split.get("seed", 0)),
+        limit=split.get("limit"),
+    )
+    if len(bundle.class_names) != int(d.get("num_classes", len(bundle.class_names))):
+        raise PacbEdgeError(f"dataset {name} has {len(bundle.class_names)} classes, the model {d.get('num_classes')}")
+    if bundle.in_chans != in_chans:
+        raise PacbEdgeError(f"dataset {name} gives {bundle.in_chans}-channel images, the model takes {in_chans}")
+    want = split.get("test_sha256")
+    if want and bundle.test.fingerprint() != want:
+        raise PacbEdgeError(
+            f"the {name} test split on disk ({len(bundle.test)} images) is not the one this model was trained "
+            f"with (test hash {want[:12]}...); point --data-dir at the original data"
+        )
+    return bundle

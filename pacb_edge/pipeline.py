@@ -105,6 +105,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
         seed=opts.train.seed,
         limit=opts.limit,
     )
+    split_record = bundle.split_record()
     metrics = _read_metrics(out)
     metrics.setdefault("stages", {})
     metrics["command"] = opts.command
@@ -114,6 +115,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
         "n_val": len(bundle.val),
         "n_test": len(bundle.test),
         "classes": len(bundle.class_names),
+        "split": split_record,
     }
     stages = ["train", "prune", "finetune", "eval"] if opts.stage == "all" else [opts.stage]
     if opts.prune is None:
@@ -140,10 +142,12 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
                 std=tuple(bundle.std),
                 class_names=list(bundle.class_names),
                 dataset=bundle.name,
+                split=split_record,
             )
             model = create_model(spec.arch, **spec.model_kwargs())
             if opts.checkpoint is not None:
                 model, spec = load_checkpoint(opts.checkpoint, expect_num_classes=len(bundle.class_names))
+                spec = dataclasses.replace(spec, split=split_record)
             model, history = fit(
                 model,
                 bundle.train,
@@ -173,6 +177,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
 
             source = opts.checkpoint if (opts.stage == "prune" and opts.checkpoint) else base_dir
             model, spec = load_checkpoint(source, expect_num_classes=len(bundle.class_names))
+            spec = dataclasses.replace(spec, split=split_record)
             images = bundle.calibration_images(min(opts.score_images, len(bundle.train)), seed=opts.train.seed)
             pruned, pruned_spec, report = prune_model(model, spec, opts.prune, score_images=images)
             save_checkpoint(pruned, pruned_spec, pruned_dir)
@@ -199,6 +204,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
         elif stage == "finetune":
             source = opts.checkpoint if (opts.stage == "finetune" and opts.checkpoint) else pruned_dir
             model, spec = load_checkpoint(source, expect_num_classes=len(bundle.class_names))
+            spec = dataclasses.replace(spec, split=split_record)
             model.train()
             model, history = fit(
                 model,

@@ -11,6 +11,7 @@ from pacb_edge.cli import app
 from pacb_edge.device_bench.bench import BenchOptions, run_bench
 from pacb_edge.device_bench.host import time_interleaved
 from pacb_edge.device_bench.record import latency_stats
+from pacb_edge.errors import PacbEdgeError
 from pacb_edge.export.api import export_checkpoint
 
 runner = CliRunner()
@@ -118,6 +119,20 @@ def test_dataset_mismatch_and_low_accuracy(onnx_pair, tmp_path):
     assert res[0].status == "failed" and "dataset mismatch" in res[0].error
     res = run_bench([base], BenchOptions(runs=2, warmup=0, min_accuracy=1.01, out_dir=tmp_path))
     assert res[0].status == "low_accuracy"
+
+
+def test_one_thread_count_pinned_for_every_runner(tiny_run, onnx_pair, tmp_path):
+    """Without --threads every host runner gets all cores, the same number, and the record says which."""
+    import os
+
+    res = run_bench([onnx_pair[0], str(tiny_run / "pruned")], BenchOptions(runs=2, warmup=0, out_dir=tmp_path))
+    assert [r.threads for r in res] == [os.cpu_count()] * 2
+    assert all(r.device_facts["threads"] == os.cpu_count() for r in res)
+    assert all(r.extra["input"] == "raw pixels 0-255" for r in res)
+    res = run_bench([onnx_pair[0]], BenchOptions(runs=2, warmup=0, threads=1, out_dir=tmp_path))
+    assert res[0].threads == 1
+    with pytest.raises(PacbEdgeError, match="--threads must be at least 1"):
+        run_bench([onnx_pair[0]], BenchOptions(runs=2, warmup=0, threads=0, out_dir=tmp_path))
 
 
 def test_bench_unknown_device_is_one_line(onnx_pair):

@@ -54,7 +54,15 @@ def test_onnx_export_is_verified_and_self_describing(tiny_run, tmp_path):
         "model",
     ):
         assert manifest[key], key
-    assert manifest["input"] == {"name": "input", "shape": [1, 3, 32, 32], "layout": "NCHW", "dtype": "float32"}
+    assert manifest["input"] == {
+        "name": "input",
+        "shape": [1, 3, 32, 32],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "pixel_range": [0, 255],
+        "normalization": "in-model",
+    }
+    assert meta["input_normalization"] == "in-model"
     assert "onnxruntime" in manifest["tools"] and "torch" in manifest["tools"]
     # The pruned graph is really smaller than the base graph.
     base = export_checkpoint(tiny_run / "base", ["onnx"], out_dir=tmp_path / "base")["artifacts"][0]
@@ -76,11 +84,19 @@ def test_jetson_bundle_when_no_tensorrt(tiny_run, tmp_path):
         assert (bundle / name).is_file(), name
     assert any("Jetson bundle" in n for n in report["notes"])
     calib = np.load(bundle / "calibration.npy")
-    assert calib.shape == (16, 3, 32, 32) and calib.dtype == np.float32
+    assert calib.shape == (16, 3, 32, 32) and calib.min() >= 0 and calib.max() <= 255
     test = np.load(bundle / "testset.npz")
     assert len(test["x"]) == len(test["y"]) == report["n_test"]
+    assert test["x"].dtype == np.uint8  # raw pixels travel as uint8, a quarter of float32
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["spec"]["arch"] == "mobilenetv3_small" and manifest["calibration_images"] == 16
+    # The Nano's TensorRT 8.2: opset 13, and the pre-flight check passed before anything was written.
+    assert manifest["opset"] == 13 and manifest["tensorrt_profile"]["version"] == "8.2"
+    assert manifest["preflight"] == "ok" and manifest["input"]["normalization"] == "in-model"
+    graph = onnx.load(bundle / "model.onnx")
+    assert graph.opset_import[0].version == 13
+    assert "HardSwish" not in {n.op_type for n in graph.graph.node}
+    assert not list(tmp_path.glob(".model_opset*"))
 
 
 @pytest.mark.parametrize(
