@@ -1,10 +1,14 @@
 """Jetson runner: bench a TensorRT/ONNX bundle on a Jetson over ssh (or on this machine) and return a `BenchResult`.
 
-Steps of `JetsonRunner.run(bundle)`: copy the bundle to `<remote_dir>/<bundle name>/` on the device, with its
-`jetson/` harness replaced by the one installed with this package (a bundle exported by an older version never
-runs a stale harness), run `python3 jetson/bench.py --bundle ...` there, and turn the one JSON line it prints into
-a `BenchResult`. Engines the device built earlier stay in the remote folder and are reused while the ONNX is
-unchanged; engines in the local bundle are never copied (they belong to the GPU that built them).
+`JetsonRunner.run(bundle)` hands the bundle to `export.tensorrt.BundleSession`, the runner export uses too: it
+copies the bundle (with the harness installed with this package in `jetson/`, and without engines built
+elsewhere) to `<remote_dir>/<bundle name>-<content hash>/` unless the device already holds that exact upload,
+runs `python3 jetson/bench.py --bundle ...` there, and the one JSON line it prints becomes a `BenchResult`.
+Engines built on the device stay in that folder and are reused while their cache key (ONNX hash, precision,
+TensorRT version, GPU) matches, so a second bench of the same bundle sends nothing and builds nothing:
+`extra["upload"]` is "sent" or "skipped" (`extra["upload_bytes"]`), `extra["engine_cache"]` "built" or "hit".
+With `host=None` (on the Jetson itself) the installed harness runs in place with `python`, the system `python3`
+by default: on JetPack only that interpreter has TensorRT's bindings.
 
 A failed harness (bad bundle, TensorRT error, missing backend) is a failed record, not an exception, so the other
 artifacts still get measured. A connection failure (unreachable host, refused key, host key mismatch) is a
@@ -17,14 +21,10 @@ remote shell, so folder and bundle names holding spaces, `;`, `$()` or backticks
 from __future__ import annotations
 
 import logging
-import posixpath
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from pacb_edge.errors import PacbEdgeError
-from pacb_edge.remote import SSHTarget, remote_path
 
 from .record import ACCURACY_DEVICE, STATUS_FAILED, STATUS_OK, BenchResult
 
@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("tensorrt", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMAT_OF_BACKEND = {"tensorrt": "trt", "onnxruntime": "onnx"}
-HARNESS_DIR = "jetson"  # as export.tensorrt.HARNESS_DIR (not imported here: that module imports numpy)
-_DEVICE_BUILT = ("*.engine", "*.engine.json", "calib_*.cache", "calib_*.cache.json")  # never copied to a device
+HARNESS_DIR = "jetson"  # as export.tensorrt.HARNESS_DIR (not imported at module level: that module imports numpy)
 _MAX_ERROR_CHARS = 500
 
 
@@ -45,7 +44,7 @@ class JetsonRunner:
         self,
         host: str | None = None,
         port: int | None = None,
-        remote_dir: str = "pacb_edge",
+        remote_dir: str = "~/pacb_edge",
         backend: str = "tensorrt",
         precision: str | None = "fp16",
         warmup: int = 20,
@@ -58,7 +57,8 @@ class JetsonRunner:
         identity_file: str | None = None,
         timeout: float = 1800,
     ) -> None:
-        """`precision=None` picks the backend's own: fp16 for TensorRT, fp32 for onnxruntime (fp32 only)."""
+        """`precision=None` picks the backend's own: fp16 for TensorRT, fp32 for onnxruntime (fp32 only).
+        `python` runs the harness on the device, or here with `host=None`."""
         if backend not in BACKENDS:
             raise PacbEdgeError(f"unknown Jetson backend {backend!r}; use one of: {', '.join(BACKENDS)}")
         if precision is None:
@@ -76,10 +76,19 @@ class JetsonRunner:
             raise PacbEdgeError(f"threads must be at least 1, got {threads}")
         if eval_limit is not None and int(eval_limit) < 0:
             raise PacbEdgeError(f"eval_limit must be >= 0, got {eval_limit}")
-        if not python or not str(python).strip():
-            raise PacbEdgeError("the remote python command is empty")
+        from pacb_edge.export.tensorrt import BundleSession
+
+        self.session = BundleSession(
+            host,
+            port=port,
+            ssh_config=ssh_config,
+            identity_file=identity_file,
+            remote_dir=remote_dir,
+            python=python,
+            timeout=timeout,
+        )
         self.host = host
-        self.remote_dir = remote_dir
+        self.remote_dir = self.session.remote_dir
         self.backend = backend
         self.precision = precision
         self.warmup = int(warmup)
@@ -87,20 +96,19 @@ class JetsonRunner:
         self.min_time = float(min_time)
         self.threads = int(threads) if threads is not None else None
         self.eval_limit = int(eval_limit) if eval_limit is not None else None
-        self.python = str(python)
-        self.timeout = float(timeout)
-        self.target: SSHTarget | None = None
-        if host is not None:
-            self.remote_dir = remote_path(remote_dir)
-            self.target = SSHTarget(host, port=port, identity_file=identity_file, config_file=ssh_config)
+        self.python = self.session.python
+        self.timeout = self.session.timeout
+        self.target = self.session.target
 
     # the pieces
 
     def harness_args(self, bundle: str) -> list[str]:
         """bench.py's arguments for a bundle folder as the harness will see it."""
+        return ["--bundle", bundle, *self.bench_args()]
+
+    def bench_args(self) -> list[str]:
+        """bench.py's arguments but `--bundle`."""
         args = [
-            "--bundle",
-            bundle,
             "--backend",
             self.backend,
             "--precision",
@@ -118,48 +126,31 @@ class JetsonRunner:
             args += ["--eval-limit", str(self.eval_limit)]
         return args
 
-    def remote_bundle(self, bundle_dir: str | Path) -> str:
-        """Where a bundle goes on the device: `<remote_dir>/<bundle name>`."""
-        return posixpath.join(self.remote_dir, Path(bundle_dir).resolve().name)
-
     def upload_plan(self, bundle_dir: str | Path) -> dict[str, Path]:
         """What is copied: every bundle file but device-built engines, with the installed harness in `jetson/`."""
-        from pacb_edge.export.tensorrt import harness_files
+        from pacb_edge.export.tensorrt import upload_plan
 
-        bundle = Path(bundle_dir)
-        files: dict[str, Path] = {}
-        for path in sorted(bundle.rglob("*")):
-            rel = path.relative_to(bundle)
-            if path.is_dir() or "__pycache__" in rel.parts or any(rel.match(p) for p in _DEVICE_BUILT):
-                continue
-            files[rel.as_posix()] = path
-        harness = harness_files()
-        if not any(f.name == "bench.py" for f in harness):
-            raise PacbEdgeError("the installed package has no Jetson harness (pacb_edge/jetson/bench.py); reinstall")
-        for src in harness:
-            files[f"{HARNESS_DIR}/{src.name}"] = src
-        return files
+        return upload_plan(bundle_dir)
 
     # running
 
     def run(self, bundle_dir: str | Path) -> BenchResult:
         """Bench one bundle; a harness failure is a failed record, a connection failure a `PacbEdgeError`."""
-        bundle = Path(bundle_dir)
-        if not (bundle.is_dir() and (bundle / "model.onnx").is_file()):
-            raise PacbEdgeError(
-                f"{bundle} is not a Jetson bundle (a folder with model.onnx); "
-                "export it with `pacb-edge export --target trt`"
-            )
-        if self.target is None:
-            return self._run_here(bundle)
-        remote = self.remote_bundle(bundle)
-        log.info("copying %s to %s:%s", bundle, self.target.host, remote)
-        self.target.upload(self.upload_plan(bundle), remote, timeout=self.timeout)
-        argv = [self.python, posixpath.join(remote, HARNESS_DIR, "bench.py"), *self.harness_args(remote)]
-        proc = self.target.run(argv, timeout=self.timeout, check=False)
-        return self._record(
-            bundle, proc.returncode, proc.stdout, proc.stderr, {"host": self.target.host, "remote_bundle": remote}
-        )
+        from pacb_edge.export.tensorrt import check_bundle
+
+        bundle = check_bundle(bundle_dir)
+        if self.target is not None:
+            log.info("benching %s on %s", bundle, self.target.host)
+            run = self.session.run_harness(bundle, self.bench_args())
+            return self._record(bundle, run.returncode, run.stdout, run.stderr, run.where)
+        try:  # here there is no connection to fail: a python that cannot start is a failed harness
+            run = self.session.run_harness(bundle, self.bench_args())
+        except PacbEdgeError as e:
+            rec = self._empty(bundle)
+            rec.status, rec.error = STATUS_FAILED, _one_line(str(e))
+            rec.extra["host"] = None
+            return rec
+        return self._record(bundle, run.returncode, run.stdout, run.stderr, run.where)
 
     def run_safely(self, bundle_dir: str | Path) -> BenchResult:
         """`run`, with a `PacbEdgeError` (unreachable device, refused key, not a bundle) as a failed record."""
@@ -169,26 +160,6 @@ class JetsonRunner:
             rec = self._empty(bundle_dir)
             rec.status, rec.error = STATUS_FAILED, _one_line(str(e))
             return rec
-
-    def _run_here(self, bundle: Path) -> BenchResult:
-        """On the Jetson itself: the installed harness, with this Python, on the bundle in place."""
-        from pacb_edge.export.tensorrt import harness_files
-
-        bench = next((f for f in harness_files() if f.name == "bench.py"), bundle / HARNESS_DIR / "bench.py")
-        argv = [sys.executable, str(bench), *self.harness_args(str(bundle.resolve()))]
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, errors="replace", timeout=self.timeout, stdin=subprocess.DEVNULL
-            )
-        except subprocess.TimeoutExpired:
-            rec = self._empty(bundle)
-            rec.status, rec.error = STATUS_FAILED, f"Jetson harness gave no result within {self.timeout:.0f} s"
-            return rec
-        except OSError as e:
-            rec = self._empty(bundle)
-            rec.status, rec.error = STATUS_FAILED, f"cannot run the Jetson harness: {e.strerror or e}"
-            return rec
-        return self._record(bundle, proc.returncode, proc.stdout, proc.stderr, {"host": None})
 
     # the record
 

@@ -11,6 +11,9 @@ What is measured, per batch-1 image (names as in trtexec's performance summary):
   synchronize (trtexec's "Latency" = H2D + GPU compute + D2H). For onnxruntime it is the time of session.run.
 - `gpu_compute_ms` (tensorrt only): CUDA events around the enqueue, trtexec's "GPU Compute Time".
 - `top1`: the whole testset.npz (or its first --eval-limit images) at batch 1 through the same backend.
+  testset.npz holds raw pixels as uint8 (older bundles: float32); they are cast to float32 before inference.
+- `extra.engine_cache` (tensorrt only): "hit" when an engine with the same cache key was reused, "built" when
+  it was built in this run (`extra.engine_build_s` seconds); see build_engine.prepare_engine.
 
 Everything but the JSON goes to stderr: file descriptor 1 is pointed at stderr while the benchmark runs (native
 libraries included), and the JSON is written to the original stdout last. On any error the JSON has
@@ -93,7 +96,8 @@ def _read_json(path):
 
 
 def load_bundle(bundle):
-    """manifest (dict, {} when absent), test images x (float32 NCHW) and labels y (int64) of a bundle."""
+    """manifest (dict, {} when absent), test images x (float32 NCHW, cast from the stored uint8 raw pixels or
+    an older bundle's float32) and labels y (int64) of a bundle."""
     if not os.path.isdir(bundle):
         raise HarnessError("bundle folder %s does not exist" % bundle)
     for name in ("model.onnx", "testset.npz"):
@@ -395,7 +399,8 @@ def _empty_record(args):
         "latency_ms": {}, "gpu_compute_ms": None, "throughput_ips": None,
         "top1": None, "n_eval": None, "accuracy_source": ACCURACY_DEVICE,
         "warmup": getattr(args, "warmup", None), "runs": None, "threads": getattr(args, "threads", None),
-        "device_facts": {}, "spec": None, "extra": {"engine": None, "input_shape": None},
+        "device_facts": {}, "spec": None,
+        "extra": {"engine": None, "engine_cache": None, "engine_build_s": None, "input_shape": None},
     }
 
 
@@ -424,10 +429,11 @@ def run_benchmark(args, record=None):
         runner = OnnxRuntimeRunner(os.path.join(bundle, "model.onnx"), input_spec.get("name"), args.threads)
         record["extra"]["latency_definition"] = "host time of session.run (CPU)"
     else:
-        engine = _build_engine_module().build_engine(bundle, args.precision, args.workspace_mb,
-                                                     args.allow_slow_precision)
+        engine, cache_info = _build_engine_module().prepare_engine(bundle, args.precision, args.workspace_mb,
+                                                                   args.allow_slow_precision)
         runner = TensorRTRunner(engine)
         record["extra"]["engine"] = engine
+        record["extra"].update(cache_info)
         record["extra"]["latency_definition"] = (
             "latency_ms: perf_counter around H2D + execute + D2H + sync (trtexec Latency); "
             "gpu_compute_ms: CUDA events around the enqueue (trtexec GPU Compute Time)")

@@ -4,8 +4,9 @@ Runs on JetPack 4.6 (Python 3.6, TensorRT 8.2, CUDA 10.2, pycuda): standard libr
 tensorrt and pycuda imported only inside the functions that need them.
 
 An engine only runs on the TensorRT version and GPU that built it, so its file name carries both
-(`engine_filename`), and a sidecar `<engine>.json` records the SHA-256 of the ONNX (and of calibration.npy for
-INT8) it was built from: a changed model or a different TensorRT/GPU never reuses an old engine.
+(`engine_filename`), and a sidecar `<engine>.json` holds its whole cache key (`engine_key`): the SHA-256 of the
+ONNX (and of calibration.npy for INT8), the precision, the TensorRT version, the GPU name and its compute
+capability. An engine is reused only while every part matches (`prepare_engine` says "hit" or "built").
 
 CLI: python3 build_engine.py BUNDLE --precision fp32|fp16|int8 [--workspace-mb 256]
 Prints the engine path on stdout.
@@ -18,10 +19,13 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 import numpy as np
 
 PRECISIONS = ("fp32", "fp16", "int8")
+CACHE_HIT = "hit"
+CACHE_BUILT = "built"
 MODEL_FILE = "model.onnx"
 CALIBRATION_FILE = "calibration.npy"
 DEFAULT_WORKSPACE_MB = 256
@@ -128,6 +132,19 @@ def engine_sources(bundle, precision):
     return sources
 
 
+def engine_key(bundle, precision, trt_version, device_name, capability):
+    """The engine's cache key, kept in its sidecar json: input hashes, precision, TensorRT version and GPU."""
+    _check_precision(precision)
+    key = engine_sources(bundle, precision)
+    key.update({
+        "precision": precision,
+        "tensorrt": str(trt_version),
+        "gpu": str(device_name),
+        "compute_capability": "%d.%d" % (int(capability[0]), int(capability[1])),
+    })
+    return key
+
+
 def _check_precision(precision):
     if precision not in PRECISIONS:
         raise BuildError("unknown precision %r; known: %s" % (precision, ", ".join(PRECISIONS)))
@@ -157,8 +174,9 @@ def _read_json(path):
         return None
 
 
-def _engine_is_current(path, sources):
-    return os.path.isfile(path) and _read_json(path + ".json") == sources
+def _engine_is_current(path, key):
+    """True when `path` is a non-empty engine whose sidecar holds exactly `key`."""
+    return os.path.isfile(path) and os.path.getsize(path) > 0 and _read_json(path + ".json") == key
 
 
 def _make_calibrator(trt, batches, cache_path, cache_key):
@@ -257,22 +275,45 @@ def _fixed_input_shape(network, bundle):
     return fixed, True
 
 
+def prepare_engine(bundle, precision, workspace_mb=DEFAULT_WORKSPACE_MB, allow_slow_precision=False,
+                   verbose=False):
+    """Reuse the engine of `bundle` at `precision` when its sidecar matches `engine_key`, else build it.
+
+    Returns (engine path, info) with info = {"engine_cache": "hit" | "built", "engine_build_s": seconds spent
+    building (0.0 on a hit), "engine_key": the key}.
+    """
+    _check_precision(precision)
+    bundle = os.path.abspath(bundle)
+    trt = import_tensorrt()
+    device_name, capability = cuda_device_info()
+    path = os.path.join(bundle, engine_filename(precision, trt.__version__, device_name, capability))
+    key = engine_key(bundle, precision, trt.__version__, device_name, capability)
+    if _engine_is_current(path, key):
+        sys.stderr.write("build_engine: reusing %s\n" % path)
+        return path, {"engine_cache": CACHE_HIT, "engine_build_s": 0.0, "engine_key": key}
+
+    start = time.perf_counter()
+    serialized = _build_serialized_engine(trt, bundle, precision, path, workspace_mb, allow_slow_precision, verbose)
+    if os.path.exists(path + ".json"):
+        os.remove(path + ".json")  # no moment where a new engine sits beside an old key, or the reverse
+    _atomic_write_bytes(path, serialized)
+    _atomic_write_bytes(path + ".json", json.dumps(key, sort_keys=True).encode("utf-8"))
+    seconds = time.perf_counter() - start
+    return path, {"engine_cache": CACHE_BUILT, "engine_build_s": seconds, "engine_key": key}
+
+
 def build_engine(bundle, precision, workspace_mb=DEFAULT_WORKSPACE_MB, allow_slow_precision=False,
                  verbose=False):
-    """Build (or reuse) the engine of `bundle` at `precision`; returns its path.
+    """Build (or reuse) the engine of `bundle` at `precision`; returns its path (see `prepare_engine`).
 
     FP16/INT8 on a GPU without fast kernels for them (Jetson Nano has no fast INT8) raise a BuildError unless
     `allow_slow_precision`, so a benchmark is never labelled with a precision the GPU does not run fast.
     """
-    _check_precision(precision)
-    bundle = os.path.abspath(bundle)
-    path = engine_path(bundle, precision)
-    sources = engine_sources(bundle, precision)
-    if _engine_is_current(path, sources):
-        sys.stderr.write("build_engine: reusing %s\n" % path)
-        return path
+    return prepare_engine(bundle, precision, workspace_mb, allow_slow_precision, verbose)[0]
 
-    trt = import_tensorrt()
+
+def _build_serialized_engine(trt, bundle, precision, path, workspace_mb, allow_slow_precision, verbose):
+    """Parse model.onnx and build the engine at `precision`; returns its serialized bytes."""
     cuda_context()
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder, network, parser = _parse_onnx(trt, bundle, logger)  # the parser owns the weights: keep it alive
@@ -301,7 +342,7 @@ def build_engine(bundle, precision, workspace_mb=DEFAULT_WORKSPACE_MB, allow_slo
         config.set_flag(trt.BuilderFlag.FP16)  # INT8 engines fall back to FP16 for layers without INT8 kernels
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-        cache_key = dict(sources, tensorrt=trt.__version__)
+        cache_key = dict(engine_sources(bundle, precision), tensorrt=trt.__version__)
         calibrator = _make_calibrator(
             trt, _calibration_batches(bundle, shape), calibration_cache_path(bundle, precision), cache_key
         )
@@ -313,9 +354,7 @@ def build_engine(bundle, precision, workspace_mb=DEFAULT_WORKSPACE_MB, allow_slo
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BuildError("TensorRT %s failed to build the %s engine (see the log above)" % (trt.__version__, precision))
-    _atomic_write_bytes(path, bytes(serialized))
-    _atomic_write_bytes(path + ".json", json.dumps(sources, sort_keys=True).encode("utf-8"))
-    return path
+    return bytes(serialized)
 
 
 def main(argv=None):

@@ -7,6 +7,9 @@ OpenSSH 9.0 `scp` speaks SFTP by default and takes the remote path literally, wh
 hand it to the remote shell. One quoting cannot be right for both, so a folder name with spaces, `;`, `$()` or
 backticks would either fail or run as a command. The ssh command channel always goes through the remote shell,
 where `shlex.quote` is exactly right.
+
+An upload can leave a marker file, written only after `tar -x` succeeded (`upload(..., marker=(name, text))`);
+`marker_matches` asks in one ssh command whether a folder holds it, so a complete upload is never sent twice.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from pacb_edge.errors import PacbEdgeError
 
 # Create the folder, then unpack the tar stream from stdin into it. The folder arrives as "$1", never as code.
 _UNTAR_SCRIPT = 'mkdir -p -- "$1" && exec tar -x -f - -C "$1" --no-same-owner'
+# The same, dropping marker "$2" first and writing it (text "$3", via a temp file and mv) only once tar succeeded.
+_UNTAR_MARK_SCRIPT = (
+    'mkdir -p -- "$1" && rm -f -- "$1/$2" && tar -x -f - -C "$1" --no-same-owner && '
+    'printf "%s\\n" "$3" > "$1/$2.tmp" && mv -f -- "$1/$2.tmp" "$1/$2"'
+)
+# Prints "yes" when marker "$2" in folder "$1" holds exactly the text "$3", else "no".
+_MARKER_SCRIPT = '[ "$(cat -- "$1/$2" 2>/dev/null)" = "$3" ] && echo yes || echo no'
 
 
 def remote_path(path: str) -> str:
@@ -56,6 +66,10 @@ class SSHTarget:
     connect_timeout: int = 10
 
     def __post_init__(self) -> None:
+        if self.identity_file:
+            self.identity_file = os.path.expanduser(str(self.identity_file))
+        if self.config_file:
+            self.config_file = os.path.expanduser(str(self.config_file))
         if not self.host or self.host.startswith("-") or any(c.isspace() for c in self.host):
             raise PacbEdgeError(f"invalid ssh host {self.host!r}")
         for opt in self.options:
@@ -105,10 +119,23 @@ class SSHTarget:
             )
         return proc
 
-    def upload(self, files: Mapping[str, str | Path], remote_dir: str, timeout: float = 600) -> None:
+    def upload(
+        self,
+        files: Mapping[str, str | Path],
+        remote_dir: str,
+        timeout: float = 600,
+        marker: tuple[str, str] | None = None,
+    ) -> int:
         """Copy local files to `remote_dir/<name>` for each `name -> local path` (names are relative POSIX paths;
-        a local folder only creates that folder). Existing remote files not named here are left alone."""
+        a local folder only creates that folder). Existing remote files not named here are left alone.
+
+        `marker=(name, text)`: remove `remote_dir/name` first and write `text` into it once every file has
+        arrived, so `marker_matches` is true only after a complete upload. Returns the bytes sent."""
         remote_dir = remote_path(remote_dir)
+        if marker is not None:
+            _relative_name(marker[0])
+            if "/" in marker[0] or "\n" in marker[1]:
+                raise PacbEdgeError(f"upload marker {marker[0]!r} must be a plain file name with one line of text")
         with tempfile.TemporaryFile(prefix="pacb_upload_") as stream:
             with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
                 for name, local in files.items():
@@ -126,11 +153,22 @@ class SSHTarget:
                             tar.addfile(info, f)
                     else:
                         tar.addfile(info)
+            sent = stream.tell()
             stream.seek(0)
-            proc = self._ssh(["sh", "-c", _UNTAR_SCRIPT, "sh", remote_dir], "copy to", timeout, stdin=stream)
+            if marker is None:
+                argv = ["sh", "-c", _UNTAR_SCRIPT, "sh", remote_dir]
+            else:
+                argv = ["sh", "-c", _UNTAR_MARK_SCRIPT, "sh", remote_dir, marker[0], marker[1]]
+            proc = self._ssh(argv, "copy to", timeout, stdin=stream)
         if proc.returncode != 0:
             why = _last_line(_decode(proc.stderr)) or f"exit {proc.returncode}"
             raise PacbEdgeError(f"copy to {self.host}:{remote_dir} failed: {why}")
+        return sent
+
+    def marker_matches(self, remote_dir: str, name: str, text: str, timeout: float = 60) -> bool:
+        """True when `remote_dir/name` exists and holds exactly `text` (one ssh command)."""
+        proc = self.run(["sh", "-c", _MARKER_SCRIPT, "sh", remote_path(remote_dir), name, text], timeout=timeout)
+        return proc.stdout.strip() == "yes"
 
     def copy_to(self, local_paths: Sequence[str | Path], remote_dir: str, timeout: float = 600) -> None:
         """Copy files or folders (recursively) into `remote_dir`, creating it; each keeps its base name."""

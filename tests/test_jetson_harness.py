@@ -186,12 +186,16 @@ def test_engine_is_rebuilt_when_the_onnx_changes(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"model v1")
     engine = tmp_path / "model_fp32_trt8.2.1.8_nvidia-tegra-x1_sm53.engine"
     engine.write_bytes(b"engine")
-    sources = build_engine.engine_sources(str(tmp_path), "fp32")
-    (tmp_path / (engine.name + ".json")).write_text(json.dumps(sources))
+
+    def key():
+        return build_engine.engine_key(str(tmp_path), "fp32", "8.2.1.8", "NVIDIA Tegra X1", (5, 3))
+
+    (tmp_path / (engine.name + ".json")).write_text(json.dumps(key()))
+    assert set(key()) == {"onnx_sha256", "precision", "tensorrt", "gpu", "compute_capability"}
     is_current = build_engine._engine_is_current
-    assert is_current(str(engine), build_engine.engine_sources(str(tmp_path), "fp32"))
+    assert is_current(str(engine), key())
     (tmp_path / "model.onnx").write_bytes(b"model v2")
-    assert not is_current(str(engine), build_engine.engine_sources(str(tmp_path), "fp32"))
+    assert not is_current(str(engine), key())
 
 
 def test_calibration_batches_come_from_the_bundle(tmp_path):

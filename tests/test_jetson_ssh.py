@@ -5,6 +5,7 @@ refused key, changed host key, crashing harness) and hostile file names. sshd te
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pacb_edge.device_bench import jetson as jetson_mod
 from pacb_edge.device_bench.jetson import JetsonRunner
 from pacb_edge.device_bench.record import ACCURACY_DEVICE, STATUS_FAILED, STATUS_OK
 from pacb_edge.errors import PacbEdgeError
-from pacb_edge.export.tensorrt import harness_files, write_bundle
+from pacb_edge.export.tensorrt import UPLOAD_MARKER, bundle_digest, harness_files, upload_plan, write_bundle
 from pacb_edge.remote import SSHTarget, remote_path
 
 IMAGE_SIZE = 16
@@ -33,8 +34,9 @@ HOSTILE_DIR = "r dir; touch PWNED4 $(touch PWNED5) `touch PWNED6` 'x'"
 needs_sshd = pytest.mark.skipif(sshd_missing_reason() is not None, reason=sshd_missing_reason() or "")
 
 
-def _make_bundle(root: Path) -> tuple[Path, float]:
-    """A tiny CNN bundle written by `write_bundle`; returns it and the top-1 onnxruntime gives here."""
+def _make_bundle(root: Path, name: str = "tiny_bundle") -> tuple[Path, float]:
+    """A tiny CNN bundle written by `write_bundle` with raw uint8 pixels (the model takes 0-255 floats); returns it
+    and the top-1 onnxruntime gives here."""
     import onnxruntime as ort
     import torch
 
@@ -55,15 +57,15 @@ def _make_bundle(root: Path) -> tuple[Path, float]:
             dynamo=False,
         )
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((NUM_TEST, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32) * 2
+    x = rng.integers(0, 256, (NUM_TEST, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     y = rng.integers(0, NUM_CLASSES, NUM_TEST)
     manifest = {
         "input": {"name": "input", "shape": [1, 3, IMAGE_SIZE, IMAGE_SIZE], "layout": "NCHW"},
         "spec": {"input_size": IMAGE_SIZE, "in_chans": 3, "num_classes": NUM_CLASSES},
     }
-    bundle = write_bundle(root / "tiny_bundle", onnx_path, x[:4], x, y, manifest)
+    bundle = write_bundle(root / name, onnx_path, x[:4].astype(np.float32), x, y, manifest)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    preds = np.array([int(session.run(None, {"input": img[None]})[0].argmax()) for img in x])
+    preds = np.array([int(session.run(None, {"input": img[None].astype(np.float32)})[0].argmax()) for img in x])
     return bundle, float((preds == y).mean())
 
 
@@ -79,6 +81,11 @@ def sshd(tmp_path_factory):
         pytest.skip(reason)
     with SSHServer(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+def remote_folder(bundle: Path, remote_dir: Path) -> Path:
+    """Where a bundle lands: `<remote_dir>/<bundle name>-<first 16 hex of its upload hash>`."""
+    return remote_dir / f"{bundle.name}-{bundle_digest(upload_plan(bundle))[:16]}"
 
 
 def _runner(config: Path, remote_dir: Path, **kw) -> JetsonRunner:
@@ -127,9 +134,11 @@ def test_bundle_runs_over_ssh(sshd, tiny_bundle, tmp_path):
     assert {"mean", "std", "p50", "p90", "p99"} <= set(rec.latency_ms) and rec.latency_ms["count"] >= 5
     assert rec.per_image_ms > 0 and rec.throughput_ips > 0 and rec.runs >= 5 and rec.warmup == 2
     assert rec.device_facts.get("hostname") == socket.gethostname()
-    assert rec.extra["remote_bundle"] == f"{remote_dir}/{bundle.name}" and rec.extra["gpu_compute_ms"] is None
+    arrived = remote_folder(bundle, remote_dir)
+    assert rec.extra["remote_bundle"] == str(arrived) and rec.extra["gpu_compute_ms"] is None
+    assert rec.extra["upload"] == "sent" and rec.extra["upload_bytes"] > 0
+    assert (arrived / UPLOAD_MARKER).read_text().strip() == rec.extra["bundle_sha256"]
     assert rec.spec["num_classes"] == NUM_CLASSES
-    arrived = remote_dir / bundle.name
     for name in (
         "model.onnx",
         "testset.npz",
@@ -152,8 +161,10 @@ def test_stale_harness_is_replaced_and_engines_stay_local(sshd, tiny_bundle, tmp
 
     assert rec.status == STATUS_OK, rec.error
     installed = {f.name: f for f in harness_files()}
-    assert (remote_dir / bundle.name / "jetson" / "bench.py").read_bytes() == installed["bench.py"].read_bytes()
-    assert not list((remote_dir / bundle.name).glob("*.engine"))
+    arrived = Path(rec.extra["remote_bundle"])
+    assert arrived.parent == remote_dir and arrived.name.startswith(bundle.name + "-")
+    assert (arrived / "jetson" / "bench.py").read_bytes() == installed["bench.py"].read_bytes()
+    assert not list(arrived.glob("*.engine"))
 
 
 # connection failures
@@ -276,10 +287,13 @@ def test_hostile_names_stay_names(sshd, tiny_bundle, tmp_path, monkeypatch):
     rec = _runner(sshd.client_config(), remote_dir).run(bundle)
     assert rec.status == STATUS_OK, rec.error
     assert rec.top1 == pytest.approx(tiny_bundle[1])
-    assert (remote_dir / HOSTILE / "model.onnx").is_file()
+    arrived = remote_folder(bundle, remote_dir)
+    assert rec.extra["remote_bundle"] == str(arrived) and (arrived / "model.onnx").is_file()
+    again = _runner(sshd.client_config(), remote_dir).run(bundle)
+    assert again.status == STATUS_OK and again.extra["upload"] == "skipped", again.error
 
     target = SSHTarget(HOST_ALIAS, config_file=str(sshd.client_config()))
-    target.fetch(str(remote_dir / HOSTILE / "manifest.json"), tmp_path / "fetched.json")
+    target.fetch(str(arrived / "manifest.json"), tmp_path / "fetched.json")
     assert (tmp_path / "fetched.json").read_bytes() == (bundle / "manifest.json").read_bytes()
     target.copy_to([bundle / "manifest.json", bundle / "jetson"], str(remote_root / HOSTILE))
     assert (remote_root / HOSTILE / "manifest.json").is_file()
@@ -295,13 +309,33 @@ def test_hostile_names_stay_names(sshd, tiny_bundle, tmp_path, monkeypatch):
 def test_local_flow_runs_the_installed_harness_here(tiny_bundle, tmp_path):
     bundle = _copy_bundle(tiny_bundle[0], tmp_path / "here")
     (bundle / "jetson" / "bench.py").write_text("raise SystemExit('stale harness ran')\n")
-    rec = JetsonRunner(backend="onnxruntime", precision=None, warmup=1, runs=3, eval_limit=4).run(bundle)
+    here = dict(backend="onnxruntime", warmup=1, runs=3, python=sys.executable)
+    rec = JetsonRunner(precision=None, eval_limit=4, **here).run(bundle)
     assert rec.status == STATUS_OK, rec.error
     assert rec.n_eval == 4 and rec.accuracy_source == ACCURACY_DEVICE and rec.extra["host"] is None
+    assert rec.extra["upload"] == "local" and rec.extra["upload_bytes"] == 0
 
     (bundle / "model.onnx").write_bytes(b"junk")
-    failed = JetsonRunner(backend="onnxruntime", precision="fp32", warmup=1, runs=3).run(bundle)
+    failed = JetsonRunner(precision="fp32", **here).run(bundle)
     assert failed.status == STATUS_FAILED and "Traceback" not in failed.error and "\n" not in failed.error
+
+    missing = JetsonRunner(precision="fp32", **{**here, "python": str(tmp_path / "no_python")}).run(bundle)
+    assert missing.status == STATUS_FAILED and "no_python" in missing.error and "\n" not in missing.error
+
+
+def test_local_flow_runs_the_given_python_not_this_one(tiny_bundle, tmp_path):
+    """`--local` runs the harness with `python` (JetPack's system python3 has TensorRT), not sys.executable."""
+    calls = tmp_path / "calls.txt"
+    wrapper = tmp_path / "python3 wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(calls))}\nexec {shlex.quote(sys.executable)} "$@"\n')
+    wrapper.chmod(0o755)
+    rec = JetsonRunner(backend="onnxruntime", precision="fp32", warmup=1, runs=2, python=str(wrapper)).run(
+        tiny_bundle[0]
+    )
+    assert rec.status == STATUS_OK, rec.error
+    argv = calls.read_text().split()
+    assert argv[0].endswith("bench.py") and "--bundle" in argv and "--backend" in argv
+    assert rec.top1 == pytest.approx(tiny_bundle[1])
 
 
 def test_runner_checks_its_options(tiny_bundle, tmp_path):

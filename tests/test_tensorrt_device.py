@@ -1,4 +1,5 @@
-"""The Jetson harness on a real TensorRT + CUDA GPU: build a tiny engine and benchmark it with bench.py.
+"""The Jetson harness on a real TensorRT + CUDA GPU: build a tiny engine and benchmark it with bench.py, and
+`build_and_verify` (what `export --target trt` runs) builds once, then reuses the engine.
 
 Skipped only when TensorRT, pycuda or a CUDA GPU is absent (every machine without an NVIDIA GPU)."""
 
@@ -92,3 +93,17 @@ def test_fp16_engine_when_the_gpu_has_fast_fp16(bundle):
     assert result["status"] == "ok" and result["precision"] == "fp16"
     assert "_fp16_" in Path(result["extra"]["engine"]).name
     assert result["top1"] == 0.5  # the test images have clear top-1 margins, which FP16 keeps
+
+
+def test_build_and_verify_builds_once_then_reuses(tmp_path):
+    from pacb_edge.export.tensorrt import BundleSession, build_and_verify
+
+    bundle = make_bundle(tmp_path)
+    session = BundleSession(host=None, python=sys.executable, timeout=600)
+    first = build_and_verify(bundle, "fp32", session)
+    assert first["engine_cache"] == "built" and first["engine_build_s"] > 0
+    assert first["top1"] == 0.5 and first["n_eval"] == NUM_TEST
+    assert Path(first["engine"]).is_file() and first["device_facts"]["tensorrt_version"] == trt.__version__
+    second = build_and_verify(bundle, "fp32", session, eval_limit=4)
+    assert second["engine_cache"] == "hit" and second["engine_build_s"] == 0.0
+    assert second["engine"] == first["engine"] and second["n_eval"] == 4
