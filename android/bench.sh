@@ -9,6 +9,9 @@
 #   adb shell sh /data/local/tmp/pacb_edge/bench.sh /data/local/tmp/pacb_edge/model_int8.tflite 4 --use_gpu=true
 #
 # Usage: sh bench.sh MODEL.tflite [THREADS] [more benchmark_model flags...]
+# Delegates: benchmark_model applies XNNPACK even when given no flag. Pass --use_xnnpack=false for TFLite's plain
+# CPU kernels, --use_xnnpack=true for XNNPACK, --use_gpu=true or --use_nnapi=true for those delegates (what
+# `pacb-edge bench --device android` passes for cpu, xnnpack, gpu and nnapi).
 # Environment:
 #   BENCH_BIN    benchmark_model to run (default: benchmark_model next to this script)
 #   TASKSET      CPU affinity mask in hex, e.g. f0 for the big cores of many phones (default: none)

@@ -9,10 +9,14 @@ Safety: every host command is an argument list (never `shell=True`), and every `
 built by `shell_join`, which quotes each word with `shlex.quote`, so a file or folder name holding spaces,
 `;`, `$()` or backticks reaches the phone's shell as one literal word.
 
-Accuracy: with `eval_binary` (TFLite's `run_eval` from tools/evaluation/tasks/imagenet_image_classification)
-and an `EvalSet`, top-1 is measured on the phone and recorded as `accuracy_source="device"`. Otherwise a
-number the caller measured on the host can be passed as `host_top1` and is recorded as `"host-evaluated"`; the
-two are never mixed up.
+Delegates are asked for by name (cpu, xnnpack, gpu, nnapi; `delegates.py` says which flags each passes and
+why): the record always names the delegate (`extra["delegate"]["requested"]`, `cpu` included) and how much of
+the graph it took (`nodes_delegated` / `nodes_total`, `fraction`, `whole_graph`).
+
+Accuracy: with `eval_binary` (TFLite's `run_eval`, see `run_eval.py`) and an `EvalSet`, top-1 is measured on the
+phone with the same delegate and recorded as `accuracy_source="device"`. A number the caller measured on the host
+can be passed as `host_top1`; it is recorded as `"host-evaluated"` when there is no device number, including when
+on-device accuracy is refused because run_eval would feed the model wrong inputs. The two are never mixed up.
 
 The runner calls the binary directly rather than through `android/bench.sh`: one quoted command per `adb
 shell` is what the tests check, and the script would need its own quoting. The script is the documented manual
@@ -30,28 +34,37 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from pacb_edge.errors import PacbEdgeError
 from pacb_edge.fileio import atomic_write_text
 
 from .benchmark_model_parser import latency_from_parsed, parse_benchmark_output, parse_run_eval_output
+from .delegates import DEFAULT_DELEGATE, DELEGATE_FLAGS, delegate_record
 from .record import ACCURACY_DEVICE, ACCURACY_HOST, BenchResult
+from .run_eval import (
+    RUN_EVAL_DELEGATE_FLAGS,
+    EvalSet,
+    check_eval_inputs,
+    run_eval_feed_problem,
+    unconsumed_flags,
+    write_eval_set,
+)
+
+__all__ = [
+    "DEFAULT_DELEGATE",
+    "DELEGATE_FLAGS",
+    "AndroidRunner",
+    "EvalSet",
+    "run_eval_feed_problem",
+    "shell_join",
+    "write_eval_set",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE_DIR = "/data/local/tmp/pacb_edge"
-
-# Delegate name -> benchmark_model flags (tools/benchmark/README.md, "TFLite delegate parameters").
-DELEGATE_FLAGS: dict[str, tuple[str, ...]] = {
-    "gpu": ("--use_gpu=true",),
-    "nnapi": ("--use_nnapi=true",),
-    "xnnpack": ("--use_xnnpack=true",),
-}
 
 # What each `getprop` key is recorded as in `device_facts`.
 DEVICE_PROPS: dict[str, str] = {
@@ -77,7 +90,6 @@ _STATE_HELP: dict[str, str] = {
 # ELF e_machine -> Android ABI, to catch an arm64 binary pushed to a 32-bit phone before it fails cryptically.
 _ELF_ABI = {0xB7: "arm64-v8a", 0x28: "armeabi-v7a", 0x3E: "x86_64", 0x03: "x86"}
 _TASKSET_MASK = re.compile(r"(0x)?[0-9a-fA-F]+")
-_RUN_EVAL_TOPK = 10  # run_eval always scores top-10, so it needs at least 10 classes
 
 
 def shell_join(argv: Sequence[str]) -> str:
@@ -85,143 +97,10 @@ def shell_join(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
-@dataclass(frozen=True)
-class EvalSet:
-    """Test images and labels in the layout `run_eval` reads.
-
-    `images_dir` holds the images (`.rgb8` raw or `.jpg`), evaluated in sorted file-name order; line i of
-    `ground_truth_labels` is the label of the i-th image; `model_output_labels` lists the labels in the order
-    of the model's output vector (run_eval matches labels as strings).
-    """
-
-    images_dir: Path
-    ground_truth_labels: Path
-    model_output_labels: Path
-
-    def image_files(self) -> list[Path]:
-        return sorted(p for p in Path(self.images_dir).iterdir() if p.is_file())
-
-
-def write_eval_set(
-    x: np.ndarray,
-    y: np.ndarray,
-    out_dir: str | os.PathLike,
-    num_classes: int | None = None,
-    mean: Sequence[float] = (0.5, 0.5, 0.5),
-    std: Sequence[float] = (0.5, 0.5, 0.5),
-) -> EvalSet:
-    """Write a test array as an `EvalSet`: one `.rgb8` raw image per sample plus the two label files.
-
-    `x` is either float N x C x H x W normalized with `mean`/`std` (what `DataBundle.arrays` returns), or
-    uint8 pixels N x H x W x C or N x C x H x W. Raw `.rgb8` is lossless and already at the model's input
-    size, so run_eval skips its ImageNet centre crop and resize for it (it reads only `.rgb8`, `.jpg` and
-    `.jpeg`; PNG is not read). Grayscale is repeated to 3 channels, which run_eval requires. Labels are
-    written as class indices.
-    """
-    x = np.asarray(x)
-    y = np.asarray(y).astype(np.int64).reshape(-1)
-    if x.ndim != 4 or len(x) != len(y):
-        raise PacbEdgeError(f"eval images must be N x C x H x W with one label each, got {x.shape} and {len(y)} labels")
-    if len(y) == 0:
-        raise PacbEdgeError("the eval set is empty")
-    k = int(num_classes) if num_classes is not None else int(y.max()) + 1
-    if k < _RUN_EVAL_TOPK:
-        raise PacbEdgeError(f"run_eval scores top-{_RUN_EVAL_TOPK} and needs at least 10 classes; this set has {k}")
-    if y.min() < 0 or y.max() >= k:
-        raise PacbEdgeError(f"labels must lie in 0..{k - 1}")
-    channels_last = x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3)
-    nhwc = x if channels_last else x.transpose(0, 2, 3, 1)
-    if np.issubdtype(nhwc.dtype, np.floating):
-        c = nhwc.shape[-1]
-        m = np.asarray(mean, dtype=np.float64)[:c] if len(mean) >= c else np.full(c, mean[0])
-        s = np.asarray(std, dtype=np.float64)[:c] if len(std) >= c else np.full(c, std[0])
-        pixels = np.clip(np.rint((nhwc * s + m) * 255.0), 0, 255).astype(np.uint8)
-    else:
-        pixels = np.clip(nhwc, 0, 255).astype(np.uint8)
-    if pixels.shape[-1] == 1:
-        pixels = np.repeat(pixels, 3, axis=-1)
-    if pixels.shape[-1] != 3:
-        raise PacbEdgeError(f"run_eval needs 1- or 3-channel images, got {pixels.shape[-1]} channels")
-    out = Path(out_dir)
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    width = max(6, len(str(len(y) - 1)))
-    for i, img in enumerate(pixels):
-        (images / f"{i:0{width}d}.rgb8").write_bytes(np.ascontiguousarray(img).tobytes())
-    gt = out / "ground_truth_labels.txt"
-    gt.write_text("".join(f"{int(v)}\n" for v in y))
-    labels = out / "model_output_labels.txt"
-    labels.write_text("".join(f"{i}\n" for i in range(k)))
-    return EvalSet(images, gt, labels)
-
-
-def run_eval_feed_problem(
-    input_dtype: str, scale: float, zero_point: int, mean: Sequence[float], std: Sequence[float]
-) -> str | None:
-    """Why run_eval's fixed preprocessing would feed this model wrong numbers, or None when it matches.
-
-    run_eval feeds a float32 input (pixel - 127.5) / 127.5, an int8 input pixel - 128 and a uint8 input the
-    pixel (ImagePreprocessingConfigBuilder::AddDefaultNormalizationStep). The model expects (pixel / 255 -
-    mean) / std, quantized with its input scale and zero point. Agreement within one quantization step is
-    accepted.
-    """
-    p = np.arange(256, dtype=np.float64)[:, None]
-    m = np.asarray(mean, dtype=np.float64)[None, :]
-    s = np.asarray(std, dtype=np.float64)[None, :]
-    expected = (p / 255.0 - m) / s
-    if input_dtype == "float32":
-        fed = (p - 127.5) / 127.5
-        if np.abs(expected - fed).max() <= 1e-3:
-            return None
-        return (
-            "run_eval feeds (pixel - 127.5) / 127.5 to a float32 input, "
-            f"but this model expects mean={list(mean)} "
-            f"std={list(std)}"
-        )
-    if input_dtype in ("int8", "uint8"):
-        if not scale or scale <= 0:
-            return f"the model's {input_dtype} input has no quantization scale"
-        lo, hi = (-128, 127) if input_dtype == "int8" else (0, 255)
-        q = np.clip(np.rint(expected / scale) + zero_point, lo, hi)
-        fed = p - 128 if input_dtype == "int8" else p
-        if np.abs(q - fed).max() <= 1:
-            return None
-        return (
-            f"run_eval feeds {'pixel - 128' if input_dtype == 'int8' else 'the raw pixel'} "
-            f"to the model's {input_dtype} input, "
-            f"but this model expects mean={list(mean)} std={list(std)} quantized with scale={scale:g} "
-            f"zero_point={zero_point}"
-        )
-    return f"run_eval supports float32, int8 and uint8 inputs, not {input_dtype}"
-
-
-def _model_io(tflite_path: Path) -> dict[str, Any] | None:
-    """Input dtype/quantization/shape and output shape of a .tflite, read on the host; None if unreadable."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter  # lazy: heavy, and only needed for device accuracy
-
-        interp = Interpreter(model_path=str(tflite_path))
-        inp = interp.get_input_details()
-        outp = interp.get_output_details()
-    except Exception as e:  # noqa: BLE001 - any failure only means "could not verify"
-        log.debug("could not read %s on the host: %s", tflite_path, e)
-        return None
-    scale, zero_point = inp[0].get("quantization", (0.0, 0))
-    return {
-        "n_inputs": len(inp),
-        "n_outputs": len(outp),
-        "input_dtype": np.dtype(inp[0]["dtype"]).name,
-        "input_shape": [int(d) for d in inp[0]["shape"]],
-        "input_scale": float(scale),
-        "input_zero_point": int(zero_point),
-        "output_shape": [int(d) for d in outp[0]["shape"]],
-    }
-
-
-def _spec_and_precision(manifest: Any) -> tuple[dict[str, Any], str | None]:
-    """The model spec dict and precision from a manifest (dict, JSON path, or object with `to_dict`)."""
+def _manifest_dict(manifest: Any) -> dict[str, Any]:
+    """A manifest (dict, JSON path, or object with `to_dict`) as a dict; {} for None."""
     if manifest is None:
-        return {}, None
+        return {}
     if isinstance(manifest, (str, os.PathLike)):
         try:
             manifest = json.loads(Path(manifest).read_text())
@@ -231,11 +110,15 @@ def _spec_and_precision(manifest: Any) -> tuple[dict[str, Any], str | None]:
         manifest = manifest.to_dict()
     if not isinstance(manifest, Mapping):
         raise PacbEdgeError("the manifest must be a JSON object")
+    return dict(manifest)
+
+
+def _spec_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The model spec dict of a manifest dict."""
     for key in ("spec", "model_spec"):
         if isinstance(manifest.get(key), Mapping):
-            return dict(manifest[key]), manifest.get("precision")
-    spec = dict(manifest) if "arch" in manifest else {}
-    return spec, manifest.get("precision")
+            return dict(manifest[key])
+    return dict(manifest) if "arch" in manifest else {}
 
 
 def _elf_abi(path: Path) -> str | None:
@@ -259,21 +142,11 @@ def _last_line(*texts: str | None) -> str:
     return ""
 
 
-def _coverage_for(parsed: dict[str, Any], requested: str | None) -> dict[str, Any] | None:
-    """The coverage entry of the requested delegate (matched by name), else the last one the tool reported."""
-    entries = list(parsed.get("delegates") or [])
-    if parsed.get("delegate") and parsed["delegate"] not in entries:
-        entries.append(parsed["delegate"])
-    if requested:
-        token = requested.lower()
-        named = [d for d in entries if token in str(d.get("name", "")).lower().replace("_", "")]
-        named += [d for d in entries if token in str(d.get("applied_as", "")).lower()]
-        return named[-1] if named else None
-    return parsed.get("delegate")
-
-
 class AndroidRunner:
-    """Bench .tflite files on an Android phone over adb with TFLite's `benchmark_model`, one `run` each."""
+    """Bench .tflite files on an Android phone over adb with TFLite's `benchmark_model`, one `run` each.
+
+    `delegate` is one of `DELEGATE_FLAGS` (cpu, xnnpack, gpu, nnapi); None means the default, xnnpack.
+    """
 
     def __init__(
         self,
@@ -282,7 +155,7 @@ class AndroidRunner:
         benchmark_binary: str | os.PathLike | None = None,
         remote_dir: str = DEFAULT_REMOTE_DIR,
         threads: int = 4,
-        delegate: str | None = None,
+        delegate: str | None = DEFAULT_DELEGATE,
         taskset: str | None = None,
         warmup: int = 10,
         runs: int = 100,
@@ -293,10 +166,9 @@ class AndroidRunner:
         timeout_s: float = 600.0,
         adb_timeout_s: float = 60.0,
     ) -> None:
-        if delegate in (None, "", "cpu"):
-            delegate = None
-        elif delegate not in DELEGATE_FLAGS:
-            raise PacbEdgeError(f"unknown delegate {delegate!r}; use one of: cpu, {', '.join(DELEGATE_FLAGS)}")
+        delegate = DEFAULT_DELEGATE if delegate is None else str(delegate).strip().lower()
+        if delegate not in DELEGATE_FLAGS:
+            raise PacbEdgeError(f"unknown delegate {delegate!r}; use one of: {', '.join(DELEGATE_FLAGS)}")
         if int(threads) < 1:
             raise PacbEdgeError(f"threads must be at least 1, got {threads}")
         if int(warmup) < 0 or int(runs) < 1:
@@ -447,58 +319,10 @@ class AndroidRunner:
             argv.append(f"--warmup_min_secs={self.warmup_min_secs:g}")
         if self.min_secs is not None:
             argv.append(f"--min_secs={self.min_secs:g}")
-        if self.delegate:
-            argv += DELEGATE_FLAGS[self.delegate]
+        argv += DELEGATE_FLAGS[self.delegate]
         if self.enable_op_profiling:
             argv.append("--enable_op_profiling=true")
         return argv
-
-    def _check_eval_inputs(self, tflite: Path, eval_set: EvalSet, spec: Mapping[str, Any]) -> tuple[int, list[str]]:
-        """Validate the eval set and that run_eval will feed this model correctly; returns (n, warnings)."""
-        assert self.eval_binary is not None
-        if not self.eval_binary.is_file():
-            raise PacbEdgeError(f"run_eval binary not found: {self.eval_binary}")
-        for p in (eval_set.images_dir, eval_set.ground_truth_labels, eval_set.model_output_labels):
-            if not Path(p).exists():
-                raise PacbEdgeError(f"eval set file not found: {p}")
-        n_images = len(eval_set.image_files())
-        n_labels = len(Path(eval_set.ground_truth_labels).read_text().splitlines())
-        n_classes = len(Path(eval_set.model_output_labels).read_text().splitlines())
-        if n_images == 0 or n_images != n_labels:
-            raise PacbEdgeError(f"eval set has {n_images} images but {n_labels} ground-truth labels")
-        if n_classes < _RUN_EVAL_TOPK:
-            raise PacbEdgeError(f"run_eval scores top-{_RUN_EVAL_TOPK} and needs at least 10 classes, got {n_classes}")
-        warnings: list[str] = []
-        io = _model_io(tflite)
-        if io is None:
-            warnings.append("could not read the model's input on the host: run_eval's preprocessing is unverified")
-            return n_images, warnings
-        if io["n_inputs"] != 1 or io["n_outputs"] != 1 or len(io["input_shape"]) != 4 or io["input_shape"][-1] != 3:
-            raise PacbEdgeError(
-                f"run_eval needs one NHWC 3-channel input and one output; this model has input {io['input_shape']}"
-            )
-        first = eval_set.image_files()[0]
-        _, height, width, _ = io["input_shape"]
-        if first.suffix.lower() == ".rgb8" and first.stat().st_size != height * width * 3:
-            raise PacbEdgeError(
-                f"{first.name} holds {first.stat().st_size} bytes but the model takes {height}x{width}x3: "
-                "raw .rgb8 images must already be at the model's input size"
-            )
-        if io["output_shape"][-1] != n_classes:
-            raise PacbEdgeError(
-                f"the model has {io['output_shape'][-1]} outputs but model_output_labels lists {n_classes} classes"
-            )
-        if "mean" not in spec or "std" not in spec:
-            warnings.append("no mean/std in the manifest: run_eval's preprocessing is unverified")
-            return n_images, warnings
-        problem = run_eval_feed_problem(
-            io["input_dtype"], io["input_scale"], io["input_zero_point"], spec["mean"], spec["std"]
-        )
-        if problem:
-            raise PacbEdgeError(
-                f"{problem}: its on-device accuracy would be wrong; drop the eval binary to use the host accuracy"
-            )
-        return n_images, warnings
 
     def _device_accuracy(self, serial: str, remote_model: str, eval_set: EvalSet) -> dict[str, Any]:
         """Push the eval set, run run_eval on the phone, return {"top1", "n", ...}."""
@@ -533,8 +357,7 @@ class AndroidRunner:
             "--num_images=0",
             f"--num_interpreter_threads={self.threads}",
         ]
-        if self.delegate:
-            argv.append(f"--delegate={self.delegate}")
+        argv += RUN_EVAL_DELEGATE_FLAGS[self.delegate]
         done = self._shell(serial, argv, "shell run_eval", timeout=self.timeout_s, check=False, merge_stderr=True)
         result = parse_run_eval_output(done.stdout)
         if result is None:  # older run_eval: metrics only in the text proto it writes
@@ -545,6 +368,7 @@ class AndroidRunner:
             detail = _last_line("\n".join(errors), done.stdout) or f"exit code {done.returncode}"
             raise PacbEdgeError(f"run_eval gave no top-1 accuracy: {detail}")
         result["command"] = shell_join(argv)
+        result["unconsumed_flags"] = unconsumed_flags(done.stdout)
         return result
 
     def _cleanup(self, serial: str, paths: Sequence[str]) -> bool:
@@ -573,7 +397,9 @@ class AndroidRunner:
 
         Accuracy: measured on the phone when the runner has an `eval_binary` and `eval_set` is given
         (`accuracy_source="device"`); otherwise `host_top1` (measured by the caller on the host) is recorded
-        as `"host-evaluated"`, or no accuracy at all. `log_path` keeps benchmark_model's raw output.
+        as `"host-evaluated"`, or no accuracy at all. When the manifest shows run_eval would feed the model
+        wrong inputs, on-device accuracy is refused: with `host_top1` the run goes on with the host number and a
+        warning, without it that is an error. `log_path` keeps benchmark_model's raw output.
         """
         tflite = Path(tflite_path)
         if not tflite.is_file():
@@ -582,16 +408,30 @@ class AndroidRunner:
             raise PacbEdgeError("no benchmark_model binary given: pass the Android build of TFLite's benchmark_model")
         if not self.benchmark_binary.is_file():
             raise PacbEdgeError(f"benchmark_model binary not found: {self.benchmark_binary}")
-        spec, precision = _spec_and_precision(manifest)
+        manifest_dict = _manifest_dict(manifest)
+        spec, precision = _spec_of(manifest_dict), manifest_dict.get("precision")
         on_device_eval = self.eval_binary is not None and eval_set is not None
         warnings: list[str] = []
+        extra: dict[str, Any] = {}
         if self.eval_binary is not None and eval_set is None:
             warnings.append("eval binary given but no eval set: accuracy was not measured on the device")
         n_eval_expected = None
         if on_device_eval:
-            assert eval_set is not None
-            n_eval_expected, eval_warnings = self._check_eval_inputs(tflite, eval_set, spec)
-            warnings += eval_warnings
+            assert eval_set is not None and self.eval_binary is not None
+            if not self.eval_binary.is_file():
+                raise PacbEdgeError(f"run_eval binary not found: {self.eval_binary}")
+            check = check_eval_inputs(tflite, eval_set, manifest_dict)
+            warnings += check.warnings
+            n_eval_expected = check.n_images
+            if check.feed_problem and host_top1 is None:
+                raise PacbEdgeError(
+                    f"{check.feed_problem}: its on-device accuracy would be wrong; drop the eval binary "
+                    "to use the host accuracy"
+                )
+            if check.feed_problem:
+                warnings.append(f"on-device accuracy refused ({check.feed_problem}); top-1 is host-evaluated")
+                extra["device_eval_refused"] = check.feed_problem
+                on_device_eval = False
 
         serial = self.select_device()
         facts = self.device_facts(serial)
@@ -630,28 +470,19 @@ class AndroidRunner:
             cleaned = self._cleanup(serial, pushed)
 
         latency, latency_from = latency_from_parsed(parsed)
-        coverage = _coverage_for(parsed, self.delegate)
-        delegate_info: dict[str, Any] = {"requested": self.delegate, **(coverage or {})}
-        delegate_info["tool_messages"] = parsed["fallback_warnings"]
-        if self.delegate:
-            if coverage is None:
-                warnings.append(
-                    f"requested delegate {self.delegate} reported no node taken: the model probably ran on the CPU"
-                )
-            elif not coverage.get("whole_graph"):
-                n, m = coverage.get("nodes_delegated"), coverage.get("nodes_total")
-                share = f"{n} of {m} nodes" if n is not None and m else "only part of the graph"
-                warnings.append(
-                    f"{self.delegate} delegate took {share}; the rest ran on the CPU, "
-                    "so the latency is a mixed delegate+CPU number"
-                )
+        delegate_info, delegate_warnings = delegate_record(parsed, self.delegate)
+        warnings += delegate_warnings
         top1 = accuracy_source = n_eval = None
-        extra: dict[str, Any] = {}
         if accuracy is not None:
             top1, n_eval, accuracy_source = accuracy["top1"], accuracy["n"], ACCURACY_DEVICE
             extra["device_eval"] = {k: v for k, v in accuracy.items() if k != "top1"}
             if n_eval_expected is not None and n_eval is not None and n_eval != n_eval_expected:
                 warnings.append(f"run_eval scored {n_eval} images of {n_eval_expected}")
+            if accuracy["unconsumed_flags"]:
+                warnings.append(
+                    f"run_eval ignored {' '.join(accuracy['unconsumed_flags'])}: its accuracy was measured with "
+                    f"run_eval's default (XNNPACK), not {self.delegate}"
+                )
             if host_top1 is not None:
                 extra["host_top1"] = host_top1  # kept for comparison, never as the record's accuracy
         elif host_top1 is not None:

@@ -8,6 +8,7 @@ A failing artifact gets a failed record; the others still run and are written.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import platform
@@ -71,23 +72,31 @@ def artifact_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return manifest.get("spec", {}), manifest
 
 
-def _test_arrays(spec: dict[str, Any], opts: BenchOptions, cache: dict) -> tuple[np.ndarray, np.ndarray]:
-    from pacb_edge.data import load_dataset
+def takes_raw_pixels(manifest: dict[str, Any]) -> bool:
+    """Whether an artifact normalizes its input itself (every export since raw-pixel inputs; checkpoints here)."""
+    if manifest.get("format") == "torch":
+        return True
+    return (manifest.get("input") or {}).get("normalization") == "in-model"
+
+
+def _test_arrays(
+    spec: dict[str, Any], opts: BenchOptions, cache: dict, manifest: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The test images of the split the artifact was trained with: uint8 raw pixels for artifacts that normalize
+    their input themselves, normalized float32 for older exports; and the labels."""
+    from pacb_edge.data import rebuild_dataset
 
     name = spec.get("dataset")
     if not name:
         raise PacbEdgeError("the artifact's manifest names no dataset; cannot measure accuracy")
     if opts.dataset and opts.dataset != name:
         raise PacbEdgeError(f"dataset mismatch: --dataset {opts.dataset} but the artifact was trained on {name}")
-    key = (name, spec["input_size"], spec["in_chans"])
+    raw = takes_raw_pixels(manifest or {})
+    split = spec.get("split") or {}
+    key = (name, spec["input_size"], spec["in_chans"], split.get("test_sha256"), split.get("seed"), raw)
     if key not in cache:
-        bundle = load_dataset(
-            name,
-            data_dir=opts.data_dir,
-            input_size=spec["input_size"],
-            grayscale_to_rgb=spec["in_chans"] == 3 and name in ("digits", "fashion-mnist"),
-        )
-        x, y = bundle.arrays("test", limit=opts.eval_limit)
+        bundle = rebuild_dataset(spec, data_dir=opts.data_dir)
+        x, y = bundle.arrays("test", limit=opts.eval_limit, raw=raw)
         if x.shape[1] != spec["in_chans"]:
             raise PacbEdgeError(
                 f"dataset mismatch: {name} images have {x.shape[1]} channels, the artifact expects {spec['in_chans']}"
@@ -117,6 +126,13 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
+def default_threads() -> int:
+    """The thread count a bench pins for every host runner unless told otherwise: all cores."""
+    import os
+
+    return os.cpu_count() or 1
+
+
 def host_device_facts(threads: int | None) -> dict[str, Any]:
     import os
 
@@ -136,11 +152,12 @@ def _bench_host(
     from pacb_edge.device_bench.host import runner_for, time_interleaved
 
     loaded = {}
-    for path, spec, _manifest in items:
+    for path, spec, manifest in items:
         rec = results[path]
         try:
             runner = runner_for(path, opts.threads).load()
-            x, y = _test_arrays(spec, opts, cache)
+            x, y = _test_arrays(spec, opts, cache, manifest)
+            x = x.astype(np.float32, copy=False)  # raw pixels as float 0-255 (the float artifacts' input type)
             logits = runner.infer(x)
             rec.top1, rec.n_eval, rec.accuracy_source = (
                 float((logits.argmax(1) == y).mean()),
@@ -148,6 +165,7 @@ def _bench_host(
                 ACCURACY_DEVICE,
             )
             rec.format, rec.runner, rec.precision = runner.fmt, runner.runner, runner.precision
+            rec.extra["input"] = "raw pixels 0-255" if takes_raw_pixels(manifest) else "normalized"
             sample = x[:1]
             if hasattr(runner, "prepare"):
                 prepared = runner.prepare(sample)
@@ -189,7 +207,14 @@ def _bench_jetson(items, opts: BenchOptions, results: dict[str, BenchResult]) ->
 
 
 def _bench_android(items, opts: BenchOptions, cache: dict, results: dict[str, BenchResult]) -> None:
-    from pacb_edge.device_bench.android import AndroidRunner
+    """Each .tflite on the phone (benchmark_model, and run_eval when given) plus its top-1 on the host.
+
+    The test images are uint8 raw pixels for artifacts that normalize inside the graph and normalized float for
+    older exports; the eval set written for run_eval holds raw pixels either way.
+    """
+    import tempfile
+
+    from pacb_edge.device_bench.android import AndroidRunner, write_eval_set
     from pacb_edge.device_bench.host import LiteRTRunner
 
     runner = AndroidRunner(warmup=opts.warmup, runs=opts.runs, threads=opts.threads or 4, **opts.android)
@@ -197,24 +222,15 @@ def _bench_android(items, opts: BenchOptions, cache: dict, results: dict[str, Be
         try:
             if Path(path).suffix != ".tflite":
                 raise PacbEdgeError(f"{Path(path).name}: Android runs .tflite files only")
-            x, y = _test_arrays(spec, opts, cache)
+            x, y = _test_arrays(spec, opts, cache, manifest)
             host = LiteRTRunner(path).load()
             host_top1 = float((host.infer(x).argmax(1) == y).mean())
-            eval_set = None
-            if runner.eval_binary is not None:
-                import tempfile
-
-                from pacb_edge.device_bench.android import write_eval_set
-
-                eval_set = write_eval_set(
-                    x,
-                    y,
-                    tempfile.mkdtemp(prefix="pacb_eval_"),
-                    spec.get("num_classes"),
-                    spec.get("mean", (0.5,)),
-                    spec.get("std", (0.5,)),
-                )
-            rec = runner.run(path, manifest, eval_set=eval_set, host_top1=host_top1, host_n_eval=int(len(y)))
+            with tempfile.TemporaryDirectory(prefix="pacb_eval_") as eval_dir:
+                eval_set = None
+                if runner.eval_binary is not None:
+                    mean, std = spec.get("mean") or (0.5,), spec.get("std") or (0.5,)  # used for float x only
+                    eval_set = write_eval_set(x, y, eval_dir, spec.get("num_classes"), mean, std)
+                rec = runner.run(path, manifest, eval_set=eval_set, host_top1=host_top1, host_n_eval=int(len(y)))
             rec.artifact = path
             results[path] = _merge(results[path], rec)
         except PacbEdgeError as e:
@@ -235,6 +251,11 @@ def run_bench(artifacts: list[str], opts: BenchOptions) -> list[BenchResult]:
         raise PacbEdgeError(f"unknown device {opts.device!r}; choose one of {', '.join(DEVICES)}")
     if opts.runs < 1 or opts.warmup < 0:
         raise PacbEdgeError("--runs must be >= 1 and --warmup >= 0")
+    if opts.threads is not None and opts.threads < 1:
+        raise PacbEdgeError(f"--threads must be at least 1, got {opts.threads}")
+    if opts.device == "cpu" and opts.threads is None:
+        # One thread count for every runner, so torch, onnxruntime and LiteRT are compared on equal terms.
+        opts = dataclasses.replace(opts, threads=default_threads())
     paths = list(dict.fromkeys(([opts.baseline] if opts.baseline else []) + [str(a) for a in artifacts]))
     if not paths:
         raise PacbEdgeError("no artifacts to bench")

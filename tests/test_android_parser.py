@@ -1,4 +1,4 @@
-"""benchmark_model output parsing: the shared fixtures (real output formats) and made-up edge cases."""
+"""benchmark_model output parsing: the fixtures in tests/fixtures (real output formats) and made-up edge cases."""
 
 from pathlib import Path
 
@@ -11,14 +11,11 @@ from pacb_edge.device_bench.benchmark_model_parser import (
 )
 from pacb_edge.errors import PacbEdgeError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def fixture_text(name: str) -> str:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"shared fixture {path} is absent (CI clones ../shared beside the repo)")
-    return path.read_text()
+    return (FIXTURES / name).read_text()
 
 
 def test_native_cpu_fixture():

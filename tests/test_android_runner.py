@@ -17,12 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pacb_edge.device_bench import android
-from pacb_edge.device_bench.android import AndroidRunner, run_eval_feed_problem, shell_join, write_eval_set
+from pacb_edge.device_bench import android, run_eval
+from pacb_edge.device_bench.android import (
+    DELEGATE_FLAGS,
+    AndroidRunner,
+    run_eval_feed_problem,
+    shell_join,
+    write_eval_set,
+)
 from pacb_edge.errors import PacbEdgeError
 
 FAKE_ADB_DIR = Path(__file__).resolve().parent / "fake_adb"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 REMOTE = "/data/local/tmp/pacb_edge"
 EVIL_NAME = "evil; touch PWNED $(id) `id`.tflite"
@@ -36,13 +42,19 @@ FLOAT_IO = {
     "input_zero_point": 0,
     "output_shape": [1, 10],
 }
+INT8_RAW_IO = dict(FLOAT_IO, input_dtype="int8", input_scale=1.0, input_zero_point=-128)
+# what an export with the normalization folded into the graph writes
+RAW_PIXELS = {"normalization": "in-model", "pixel_range": [0, 255]}
+INT8_RAW_MANIFEST = {
+    "spec": {"arch": "resnet20", "mean": [0.5] * 3, "std": [0.5] * 3},
+    "precision": "int8",
+    "input": {"dtype": "int8", "scale": 1.0, "zero_point": -128, **RAW_PIXELS},
+}
+CIFAR = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.243, 0.261]}
 
 
 def fixture_path(name: str) -> Path:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"shared fixture {path} is absent (CI clones ../shared beside the repo)")
-    return path
+    return FIXTURES / name
 
 
 class FakeDevice:
@@ -106,7 +118,7 @@ def device(tmp_path, monkeypatch):
 
 def test_emulated_device_happy_path_cpu(device):
     manifest = {"spec": {"arch": "resnet20", "mean": [0.5] * 3}, "precision": "int8"}
-    r = device.runner().run(device.model, manifest, log_path=device.root.parent / "logs" / "bench.txt")
+    r = device.runner(delegate="cpu").run(device.model, manifest, log_path=device.root.parent / "logs" / "bench.txt")
     assert "count=50 first=58010" in (device.root.parent / "logs" / "bench.txt").read_text()
     # the record carries the fixture's numbers (benchmark_model_native_cpu.txt), in ms
     assert r.latency_ms["mean"] == pytest.approx(57.8192)
@@ -131,6 +143,8 @@ def test_emulated_device_happy_path_cpu(device):
         "abilist": "arm64-v8a,armeabi-v7a,armeabi",
     }
     assert r.extra["warnings"] == []
+    d = r.extra["delegate"]  # cpu is named, and no delegate took any node
+    assert (d["requested"], d["flags"], d["nodes_delegated"], d["fraction"]) == ("cpu", ["--use_xnnpack=false"], 0, 0.0)
 
     # every push lands under the remote folder; the host side never uses a shell
     pushes = device.pushes()
@@ -142,14 +156,16 @@ def test_emulated_device_happy_path_cpu(device):
     assert f"chmod 755 {REMOTE}/benchmark_model" in cmds
     assert cmds[-1] == f"rm -rf {REMOTE}/model_int8.tflite"  # cleanup is the last thing done
     bench = next(c for c in cmds if "--graph=" in c)
-    assert shlex.split(bench)[:6] == [
+    assert shlex.split(bench) == [
         f"{REMOTE}/benchmark_model",
         f"--graph={REMOTE}/model_int8.tflite",
         "--num_threads=4",
         "--warmup_runs=10",
         "--num_runs=100",
+        "--use_xnnpack=false",  # without it benchmark_model applies XNNPACK anyway
         "2>&1",
     ]
+    assert (device.root / "benchmark_model_args").read_text().splitlines()[-1] == "--use_xnnpack=false"
     # on the device: the model is gone, the binary stays (executable) for the next run
     assert not device.remote(f"{REMOTE}/model_int8.tflite").exists()
     assert os.access(device.remote(f"{REMOTE}/benchmark_model"), os.X_OK)
@@ -160,11 +176,12 @@ def test_emulated_device_gpu_partial_delegate_warns(device, caplog):
     with caplog.at_level(logging.WARNING):
         r = device.runner(delegate="gpu").run(device.model)
     d = r.extra["delegate"]
-    assert d["requested"] == "gpu" and d["name"] == "TfLiteGpuDelegateV2"
+    assert d["requested"] == "gpu" and d["name"] == "TfLiteGpuDelegateV2" and d["flags"] == ["--use_gpu=true"]
     assert (d["nodes_delegated"], d["nodes_total"], d["whole_graph"]) == (31, 58, False)
     assert any("31 of 58 nodes" in w for w in r.extra["warnings"])
     assert any("31 of 58 nodes" in rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING)
-    assert "--use_gpu=true" in shlex.split(next(c for c in device.shell_commands() if "--graph=" in c))
+    words = shlex.split(next(c for c in device.shell_commands() if "--graph=" in c))
+    assert "--use_gpu=true" in words and not any(w.startswith("--use_xnnpack") for w in words)
     assert r.latency_ms["p50"] == pytest.approx(23.301)  # the tool's median
     assert r.latency_ms["mean"] == pytest.approx(23.3778)
     assert r.runs == 50
@@ -181,6 +198,27 @@ def test_emulated_device_percentiles_and_taskset(device):
     assert (r.latency_ms["p5"], r.latency_ms["p95"]) == pytest.approx((49.620, 68.628))
     assert r.runs == 1000
     assert r.extra["delegate"]["whole_graph"] is True and r.extra["warnings"] == []
+    assert r.extra["delegate"]["requested"] == "xnnpack" and r.extra["delegate"]["name"] == "XNNPACK"
+
+
+def test_delegate_names_give_distinct_command_lines():
+    def words(**kw):
+        return AndroidRunner(**kw).benchmark_command("/b/benchmark_model", "/b/m.tflite")
+
+    cpu, xnnpack = words(delegate="cpu"), words(delegate="xnnpack")
+    assert cpu != xnnpack
+    assert "--use_xnnpack=false" in cpu and "--use_xnnpack=true" not in cpu
+    assert "--use_xnnpack=true" in xnnpack and "--use_xnnpack=false" not in xnnpack
+    assert words() == xnnpack == words(delegate=None)  # the default is what benchmark_model does unasked
+    assert words(delegate="gpu")[-1] == "--use_gpu=true" and words(delegate="nnapi")[-1] == "--use_nnapi=true"
+    assert set(DELEGATE_FLAGS) == {"cpu", "xnnpack", "gpu", "nnapi"}
+
+
+def test_cpu_run_warns_when_the_binary_applied_xnnpack_anyway(device):
+    device.fixture("benchmark_model_info_percentiles.txt")  # a binary that applied XNNPACK
+    r = device.runner(delegate="cpu").run(device.model)
+    assert r.extra["delegate"]["requested"] == "cpu"
+    assert any("ignored the flag" in w and "XNNPACK" in w for w in r.extra["warnings"])
 
 
 def test_emulated_device_failed_run_raises_and_still_cleans_up(device):
@@ -260,11 +298,7 @@ def test_emulated_several_devices_with_serial(device):
 
 
 def test_emulated_device_accuracy_on_device(device, tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        android,
-        "_model_io",
-        lambda path: FLOAT_IO,
-    )
+    monkeypatch.setattr(run_eval, "_model_io", lambda path: FLOAT_IO)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(16, 3, 8, 8)).astype(np.float32)
     eval_set = write_eval_set(x, np.arange(16) % 10, tmp_path / "eval", num_classes=10)
@@ -284,7 +318,7 @@ def test_emulated_device_accuracy_on_device(device, tmp_path, monkeypatch):
 
 
 def test_eval_images_must_match_the_model_input_size(device, tmp_path, monkeypatch):
-    monkeypatch.setattr(android, "_model_io", lambda path: dict(FLOAT_IO, input_shape=[1, 32, 32, 3]))
+    monkeypatch.setattr(run_eval, "_model_io", lambda path: dict(FLOAT_IO, input_shape=[1, 32, 32, 3]))
     eval_set = write_eval_set(np.zeros((10, 3, 8, 8), np.float32), np.arange(10), tmp_path / "eval")
     with pytest.raises(PacbEdgeError, match=r"000000.rgb8 holds 192 bytes but the model takes 32x32x3"):
         device.runner(eval_binary=FAKE_ADB_DIR / "run_eval").run(device.model, eval_set=eval_set)
@@ -297,26 +331,89 @@ def test_host_accuracy_is_labelled_host_evaluated(device):
 
 
 def test_device_accuracy_refused_when_run_eval_would_feed_wrong_inputs(device, tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        android,
-        "_model_io",
-        lambda path: FLOAT_IO,
-    )
+    monkeypatch.setattr(run_eval, "_model_io", lambda path: FLOAT_IO)
     eval_set = write_eval_set(np.zeros((10, 3, 8, 8), np.float32), np.arange(10), tmp_path / "eval")
-    cifar = {"spec": {"arch": "resnet20", "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.243, 0.261]}}
-    with pytest.raises(PacbEdgeError, match=r"run_eval feeds \(pixel - 127.5\) / 127.5"):
+    cifar = {"spec": {"arch": "resnet20", **CIFAR}}
+    with pytest.raises(PacbEdgeError, match=r"run_eval feeds \(pixel - 127.5\) / 127.5") as e:
         device.runner(eval_binary=FAKE_ADB_DIR / "run_eval").run(device.model, cifar, eval_set=eval_set)
+    assert "\n" not in str(e.value)
     assert device.calls() == []  # refused before touching the device
 
 
-def test_run_eval_feed_problem():
-    half = [0.5, 0.5, 0.5]
-    assert run_eval_feed_problem("float32", 0.0, 0, half, half) is None
-    assert run_eval_feed_problem("int8", 1 / 127.5, 0, half, half) is None
-    assert run_eval_feed_problem("int8", 1 / 127.5, -1, half, half) is None
-    assert run_eval_feed_problem("uint8", 1 / 255, 0, [0, 0, 0], [1, 1, 1]) is None
-    assert "int8" in run_eval_feed_problem("int8", 0.0187, -14, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
-    assert run_eval_feed_problem("float16", 0.0, 0, half, half) is not None
+def test_int8_raw_pixel_model_gets_device_accuracy_with_the_same_delegate(device, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_eval, "_model_io", lambda path: INT8_RAW_IO)
+    pixels = np.random.default_rng(2).integers(0, 256, size=(12, 3, 8, 8), dtype=np.uint8)
+    eval_set = write_eval_set(pixels, np.arange(12) % 10, tmp_path / "eval", num_classes=10)
+    runner = device.runner(delegate="cpu", eval_binary=FAKE_ADB_DIR / "run_eval")
+    r = runner.run(device.model, INT8_RAW_MANIFEST, eval_set=eval_set, host_top1=0.5)
+    assert (r.top1, r.accuracy_source, r.n_eval) == (0.8125, "device", 12)
+    args = (device.root / "run_eval_args").read_text().splitlines()
+    assert "--use_xnnpack=false" in args and not any(a.startswith("--delegate") for a in args)
+    assert r.extra["delegate"]["requested"] == "cpu" and r.extra["warnings"] == []
+
+
+def test_old_run_eval_ignoring_use_xnnpack_is_reported(device, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_eval, "_model_io", lambda path: INT8_RAW_IO)
+    monkeypatch.setenv("FAKE_RUN_EVAL_OLD", "1")
+    eval_set = write_eval_set(np.zeros((10, 3, 8, 8), np.uint8), np.arange(10), tmp_path / "eval")
+    runner = device.runner(delegate="cpu", eval_binary=FAKE_ADB_DIR / "run_eval")
+    r = runner.run(device.model, INT8_RAW_MANIFEST, eval_set=eval_set)
+    assert r.accuracy_source == "device"
+    assert any("run_eval ignored --use_xnnpack=false" in w for w in r.extra["warnings"])
+
+
+def test_float_raw_pixel_model_falls_back_to_the_host_accuracy(device, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_eval, "_model_io", lambda path: FLOAT_IO)
+    eval_set = write_eval_set(np.zeros((10, 3, 8, 8), np.uint8), np.arange(10), tmp_path / "eval")
+    manifest = {"spec": {"arch": "resnet20", **CIFAR}, "input": {"dtype": "float32", **RAW_PIXELS}}
+    runner = device.runner(eval_binary=FAKE_ADB_DIR / "run_eval")
+    r = runner.run(device.model, manifest, eval_set=eval_set, host_top1=0.9, host_n_eval=10)
+    assert (r.top1, r.accuracy_source, r.n_eval) == (0.9, "host-evaluated", 10)
+    refused = [w for w in r.extra["warnings"] if w.startswith("on-device accuracy refused")]
+    assert len(refused) == 1 and "raw pixels 0..255" in refused[0] and "(pixel - 127.5) / 127.5" in refused[0]
+    assert not (device.root / "run_eval_args").exists()  # run_eval never ran
+    with pytest.raises(PacbEdgeError, match=r"raw pixels 0\.\.255"):  # no host number to fall back on
+        runner.run(device.model, manifest, eval_set=eval_set)
+
+
+def test_run_eval_feed_problem_decides_from_the_manifest():
+    raw_int8 = {"input": {"dtype": "int8", "scale": 1.0, "zero_point": -128, **RAW_PIXELS}}
+    assert run_eval_feed_problem(raw_int8) is None
+    assert run_eval_feed_problem({"input": {"dtype": "uint8", "scale": 1.0, "zero_point": 0, **RAW_PIXELS}}) is None
+    # the model's own input (read from the .tflite) wins over the manifest's copy
+    assert run_eval_feed_problem(raw_int8, dict(INT8_RAW_IO, input_zero_point=0)) is not None
+    raw_float = run_eval_feed_problem({"input": {"dtype": "float32", **RAW_PIXELS}})
+    assert raw_float == (
+        "run_eval feeds (pixel - 127.5) / 127.5 to a float32 input, "
+        "but this model expects raw pixels 0..255 (normalization in the model)"
+    )
+    assert "[0, 1]" in run_eval_feed_problem(
+        {
+            "input": {
+                "dtype": "int8",
+                "scale": 1.0,
+                "zero_point": -128,
+                "normalization": "in-model",
+                "pixel_range": [0, 1],
+            }
+        }
+    )
+    # legacy manifests (no normalization key): the model expects (pixel / 255 - mean) / std
+    legacy = {"spec": CIFAR, "input": {"dtype": "int8", "scale": 0.0187, "zero_point": -14}}
+    problem = run_eval_feed_problem(legacy)
+    assert problem.startswith("run_eval feeds pixel - 128 to the model's int8 input") and "\n" not in problem
+    assert "mean=[0.4914" in problem
+    half = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert run_eval_feed_problem({"spec": half, "input": {"dtype": "float32"}}) is None
+    assert (
+        run_eval_feed_problem({"spec": half, "input": {"dtype": "int8", "scale": 1 / 127.5, "zero_point": -1}}) is None
+    )
+    assert (
+        run_eval_feed_problem({"mean": [0] * 3, "std": [1] * 3, "input": {"dtype": "uint8", "scale": 1 / 255}}) is None
+    )
+    assert run_eval_feed_problem({"spec": half, "input": {"dtype": "float16"}}) is not None
+    with pytest.raises(PacbEdgeError, match="no mean/std"):
+        run_eval_feed_problem({"input": {"dtype": "int8", "scale": 0.02, "zero_point": 0}})
 
 
 def test_write_eval_set_round_trips_pixels(tmp_path):
@@ -335,6 +432,14 @@ def test_write_eval_set_round_trips_pixels(tmp_path):
     assert np.frombuffer(gray.image_files()[0].read_bytes(), np.uint8).tolist() == [7] * 12
     with pytest.raises(PacbEdgeError, match="at least 10 classes"):
         write_eval_set(np.zeros((4, 3, 2, 2), np.uint8), np.arange(4), tmp_path / "few")
+
+
+def test_write_eval_set_raw_uint8_nchw_bytes_are_the_pixels(tmp_path):
+    pixels = np.random.default_rng(3).integers(0, 256, size=(10, 3, 6, 5), dtype=np.uint8)  # N C H W, raw
+    es = write_eval_set(pixels, np.arange(10), tmp_path)
+    for i, f in enumerate(es.image_files()):
+        assert f.suffix == ".rgb8"
+        assert f.read_bytes() == pixels[i].transpose(1, 2, 0).tobytes()  # H W C, byte for byte
 
 
 def test_adb_missing_on_path(device):
@@ -356,7 +461,7 @@ def test_adb_timeout_is_one_line_error(device, monkeypatch):
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"delegate": "tpu"}, "unknown delegate"),
+        ({"delegate": "tpu"}, r"unknown delegate 'tpu'; use one of: cpu, xnnpack, gpu, nnapi"),
         ({"taskset": "f0; id"}, "hexadecimal"),
         ({"remote_dir": "tmp"}, "absolute"),
     ],
@@ -430,3 +535,54 @@ def test_real_adb_no_device_attached(tmp_path, monkeypatch):
             runner.run(model)
     finally:
         subprocess.run([real_adb, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_bench_android_feeds_raw_pixels_to_the_eval_set_and_the_manifest_to_the_runner(device, tmp_path, monkeypatch):
+    from pacb_edge.device_bench import bench, host
+
+    pixels = np.random.default_rng(4).integers(0, 256, size=(10, 3, 8, 8), dtype=np.uint8)
+    labels = np.arange(10)
+    seen = {}
+
+    def test_arrays(spec, opts, cache, manifest):
+        seen["manifest"] = manifest
+        return pixels, labels
+
+    class HostRunner:  # stands in for LiteRTRunner: one-hot logits of the true label
+        def __init__(self, path):
+            pass
+
+        def load(self):
+            return self
+
+        def infer(self, x):
+            seen["host_x"] = x
+            return np.eye(10)[labels]
+
+    def write_and_read_back(x, *args):
+        es = write_eval_set(x, *args)
+        seen["rgb8"] = [f.read_bytes() for f in es.image_files()]
+        return es
+
+    monkeypatch.setattr(bench, "_test_arrays", test_arrays)
+    monkeypatch.setattr(host, "LiteRTRunner", HostRunner)
+    monkeypatch.setattr(android, "write_eval_set", write_and_read_back)
+    monkeypatch.setattr(run_eval, "_model_io", lambda path: INT8_RAW_IO)
+    opts = bench.BenchOptions(
+        device="android",
+        android={
+            "benchmark_binary": FAKE_ADB_DIR / "benchmark_model",
+            "eval_binary": FAKE_ADB_DIR / "run_eval",
+            "delegate": "cpu",
+        },
+    )
+    path = str(device.model)
+    results = {path: bench.BenchResult(artifact=path, format="tflite", device="android", runner="?")}
+    bench._bench_android([(path, INT8_RAW_MANIFEST["spec"], INT8_RAW_MANIFEST)], opts, {}, results)
+    r = results[path]
+    assert r.error is None and (r.top1, r.accuracy_source) == (0.8125, "device")
+    assert r.extra["host_top1"] == 1.0 and r.extra["delegate"]["requested"] == "cpu"
+    assert seen["manifest"] is INT8_RAW_MANIFEST and seen["host_x"] is pixels
+    assert seen["rgb8"] == [img.transpose(1, 2, 0).tobytes() for img in pixels]  # raw pixels, byte for byte
+    pushed = next(p for p in device.pushes() if p[-1].endswith("/eval_set/images/"))
+    assert not Path(pushed[0]).exists()  # the host copy of the eval set is removed after the run
