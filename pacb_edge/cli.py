@@ -252,6 +252,52 @@ def _print_run_summary(metrics: dict[str, Any], out: Path) -> None:
     console.print(f"metrics: {out / 'metrics.json'}")
 
 
+def _ssh_options(
+    host: str | None, port: int | None, ssh_config: str | None, identity: str | None, remote_dir: str, python: str
+) -> dict[str, Any]:
+    """The Jetson connection, as both `export --target trt --host` and `bench --device jetson` take it."""
+    return {
+        "host": host,
+        "port": port,
+        "ssh_config": str(Path(ssh_config).expanduser()) if ssh_config else None,
+        "identity_file": str(Path(identity).expanduser()) if identity else None,
+        "remote_dir": remote_dir,
+        "python": python,
+    }
+
+
+@app.command("check")
+@user_errors
+def check_cmd(
+    model: Annotated[Path, typer.Argument(help="An ONNX file.")],
+    trt: Annotated[str, typer.Option("--trt", help="TensorRT version to check against: 8.2, 8.4, 8.5, 8.6 or 10.")] = (
+        "8.2"
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the problems as JSON here.")] = None,
+) -> None:
+    """Would this TensorRT version's ONNX parser take MODEL? Checked here, with no TensorRT installed.
+
+    Prints "ok" (exit 0), or one line per problem: the operator, the node and the first TensorRT that takes it (exit 1).
+    """
+    from pacb_edge.export.trt_check import check_model, get_profile
+    from pacb_edge.fileio import atomic_write_json
+
+    profile = get_profile(trt)
+    problems = check_model(model, profile.version)
+    if json_out is not None:
+        found = [p.to_dict() for p in problems]
+        atomic_write_json(
+            json_out, {"model": str(model), "tensorrt": profile.version, "ok": not problems, "problems": found}
+        )
+    if not problems:
+        console.print(f"ok: {profile.label} can parse {model.name}", highlight=False)
+        return
+    for problem in problems:
+        console.print(problem.line(), highlight=False, soft_wrap=True)
+    err_console.print(f"{len(problems)} problem(s): {profile.label} cannot parse {model.name}", highlight=False)
+    raise typer.Exit(code=1)
+
+
 @app.command()
 @user_errors
 def export(
@@ -263,15 +309,25 @@ def export(
     ] = None,
     calibration_images: Annotated[int, typer.Option(help="Real training images for INT8 calibration.")] = 200,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: next to the checkpoint).")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset (trt: capped at the --trt version's highest).")] = 17,
+    trt: Annotated[
+        str, typer.Option("--trt", help="trt: target TensorRT version (8.2 = JetPack 4.6, the Nano's), see `check`.")
+    ] = "8.2",
     dynamic_batch: Annotated[bool, typer.Option(help="ONNX with a dynamic batch axis.")] = False,
     max_int8_drop: Annotated[float, typer.Option(help="Fail when INT8 loses more top-1 (pp) than this.")] = 1.0,
     allow_drop: Annotated[bool, typer.Option(help="Keep going when INT8 loses more than --max-int8-drop.")] = False,
     data_dir: Annotated[str | None, typer.Option(help="Dataset folder, for verification on real test images.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Verify on the first N test images only.")] = None,
-    host: Annotated[str | None, typer.Option(help="trt: user@jetson to copy the bundle to and build there.")] = None,
-    port: Annotated[int | None, typer.Option(help="ssh port for --host.")] = None,
-    remote_dir: Annotated[str, typer.Option(help="Folder on --host.")] = "pacb_edge",
+    host: Annotated[
+        str | None, typer.Option(help="trt: user@jetson (or ~/.ssh/config alias) to build and verify on.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="trt: ssh port for --host.")] = None,
+    ssh_config: Annotated[str | None, typer.Option(help="trt: ssh config file (ssh -F).")] = None,
+    identity: Annotated[str | None, typer.Option(help="trt: ssh identity file (ssh -i).")] = None,
+    remote_dir: Annotated[str, typer.Option(help="trt: folder on --host (~/ allowed).")] = "~/pacb_edge",
+    python: Annotated[str, typer.Option(help="trt: Python with TensorRT on the Jetson (JetPack: python3).")] = (
+        "python3"
+    ),
 ) -> None:
     """Export a checkpoint to ONNX, TensorRT or INT8 TFLite, each verified against PyTorch on real test images."""
     from rich.table import Table
@@ -285,14 +341,13 @@ def export(
         out_dir=out,
         calibration_images=calibration_images,
         opset=opset,
+        trt_version=trt,
         dynamic_batch=dynamic_batch,
         max_int8_drop=max_int8_drop,
         allow_drop=allow_drop,
         data_dir=data_dir,
         eval_limit=eval_limit,
-        host=host,
-        port=port,
-        remote_dir=remote_dir,
+        ssh=_ssh_options(host, port, ssh_config, identity, remote_dir, python) if host else None,
     )
     table = Table(title=f"export of {report['checkpoint']} (PyTorch top-1 {100 * report['torch_top1']:.2f} %)")
     for col in ("artifact", "format", "precision", "size (KB)", "top-1 %", "agreement %", "max |diff|", "time s"):
@@ -321,7 +376,9 @@ def bench(
     artifacts: Annotated[list[Path], typer.Argument(help="Checkpoints, .onnx, .tflite files or Jetson bundles.")],
     device: Annotated[str, typer.Option(help="cpu, jetson or android.")] = "cpu",
     baseline: Annotated[Path | None, typer.Option(help="Artifact whose latency the speed-ups are relative to.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Inference threads, the same for every runner (default: all cores on the host).")
+    ] = None,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs per artifact.")] = 20,
     runs: Annotated[int, typer.Option(help="Timed runs per artifact (batch 1).")] = 100,
     min_time: Annotated[float, typer.Option(help="Keep timing until this many seconds passed.")] = 0.0,
@@ -332,8 +389,12 @@ def bench(
     out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.csv and pareto.png.")] = Path("bench"),
     host: Annotated[str | None, typer.Option(help="jetson: user@host (honours ~/.ssh/config).")] = None,
     port: Annotated[int | None, typer.Option(help="jetson: ssh port.")] = None,
-    remote_dir: Annotated[str, typer.Option(help="jetson: folder on the device.")] = "pacb_edge",
+    remote_dir: Annotated[str, typer.Option(help="jetson: folder on the device (~/ allowed).")] = "~/pacb_edge",
     local: Annotated[bool, typer.Option(help="jetson: run on this machine (on the Jetson itself).")] = False,
+    python: Annotated[
+        str, typer.Option(help="jetson: Python with TensorRT's bindings (JetPack 4.6: the system python3).")
+    ] = "python3",
+    identity: Annotated[str | None, typer.Option(help="jetson: ssh identity file (ssh -i).")] = None,
     backend: Annotated[str, typer.Option(help="jetson: tensorrt or onnxruntime.")] = "tensorrt",
     precision: Annotated[
         str | None, typer.Option(help="jetson: fp32, fp16 or int8 (default fp16 for tensorrt, fp32 for onnxruntime).")
@@ -342,9 +403,13 @@ def bench(
     serial: Annotated[str | None, typer.Option(help="android: adb serial.")] = None,
     benchmark_binary: Annotated[Path | None, typer.Option(help="android: TFLite benchmark_model binary.")] = None,
     eval_binary: Annotated[Path | None, typer.Option(help="android: TFLite run_eval (image classification).")] = None,
-    use_gpu: Annotated[bool, typer.Option(help="android: GPU delegate.")] = False,
-    use_nnapi: Annotated[bool, typer.Option(help="android: NNAPI delegate.")] = False,
-    use_xnnpack: Annotated[bool, typer.Option(help="android: XNNPACK delegate.")] = False,
+    delegate: Annotated[
+        str,
+        typer.Option(help="android: cpu (TFLite's reference kernels, XNNPACK off), xnnpack, gpu or nnapi."),
+    ] = "xnnpack",
+    use_gpu: Annotated[bool, typer.Option(hidden=True, help="Deprecated: --delegate gpu.")] = False,
+    use_nnapi: Annotated[bool, typer.Option(hidden=True, help="Deprecated: --delegate nnapi.")] = False,
+    use_xnnpack: Annotated[bool, typer.Option(hidden=True, help="Deprecated: --delegate xnnpack.")] = False,
     taskset: Annotated[str | None, typer.Option(help="android: CPU affinity mask, e.g. f0.")] = None,
 ) -> None:
     """Per-image latency alongside accuracy for every artifact, on the host, a Jetson or an Android phone."""
@@ -358,22 +423,22 @@ def bench(
         if not host and not local:
             raise PacbEdgeError("--device jetson needs --host user@ip (or --local on the Jetson itself)")
         jetson_opts = dict(
-            host=None if local else host,
-            port=port,
-            remote_dir=remote_dir,
+            _ssh_options(None if local else host, port, ssh_config, identity, remote_dir, python),
             backend=backend,
             precision=precision,
-            ssh_config=ssh_config,
         )
     elif device == "android":
-        delegates = [name for name, on in (("gpu", use_gpu), ("nnapi", use_nnapi), ("xnnpack", use_xnnpack)) if on]
-        if len(delegates) > 1:
-            raise PacbEdgeError("choose at most one of --use-gpu, --use-nnapi, --use-xnnpack")
+        old = [name for name, on in (("gpu", use_gpu), ("nnapi", use_nnapi), ("xnnpack", use_xnnpack)) if on]
+        if len(old) > 1:
+            raise PacbEdgeError("choose one delegate: --delegate cpu|xnnpack|gpu|nnapi")
+        if old:
+            err_console.print(f"note: --use-{old[0]} is deprecated; use --delegate {old[0]}", highlight=False)
+            delegate = old[0]
         android_opts = dict(
             serial=serial,
             benchmark_binary=benchmark_binary,
             eval_binary=eval_binary,
-            delegate=delegates[0] if delegates else None,
+            delegate=delegate,
             taskset=taskset,
         )
     opts = BenchOptions(
@@ -393,7 +458,9 @@ def bench(
     )
     results = run_bench([str(a) for a in artifacts], opts)
     paths = write_reports(results, out, meta={"command": " ".join(["pacb-edge", *sys.argv[1:]]), "device": device})
-    table = Table(title=f"bench on {device} (batch 1, {runs} timed runs, interleaved)")
+    used = sorted({r.threads for r in results if r.threads})
+    thread_note = f", {used[0]} thread{'s' if used[0] > 1 else ''} for every runner" if len(used) == 1 else ""
+    table = Table(title=f"bench on {device} (batch 1, {runs} timed runs, interleaved{thread_note})")
     for col in (
         "",
         "artifact",
