@@ -107,3 +107,36 @@ def test_build_and_verify_builds_once_then_reuses(tmp_path):
     second = build_and_verify(bundle, "fp32", session, eval_limit=4)
     assert second["engine_cache"] == "hit" and second["engine_build_s"] == 0.0
     assert second["engine"] == first["engine"] and second["n_eval"] == 4
+
+
+def test_int8_engine_of_a_real_zoo_model_with_the_project_calibrator(tmp_path):
+    """MobileNetV3-L with CA, exported as the Nano gets it (opset 13, pre-flight), built as INT8 with the bundle's
+    `IInt8EntropyCalibrator2` on real digits images, then verified on the recorded test split."""
+    from pacb_edge.checkpoint import save_checkpoint
+    from pacb_edge.data import load_dataset
+    from pacb_edge.export.api import export_checkpoint
+    from pacb_edge.models import ModelSpec, create_model
+
+    data = load_dataset("digits", grayscale_to_rgb=True)
+    spec = ModelSpec(
+        arch="mobilenetv3_large",
+        attention="ca",
+        num_classes=10,
+        in_chans=3,
+        mean=data.mean,
+        std=data.std,
+        class_names=data.class_names,
+        dataset="digits",
+        split=data.split_record(),
+    )
+    model = create_model(spec.arch, **spec.model_kwargs()).eval()
+    save_checkpoint(model, spec, tmp_path / "ckpt")
+    report = export_checkpoint(
+        tmp_path / "ckpt", ["trt"], precision="int8", out_dir=tmp_path / "out", calibration_images=64
+    )
+    (art,) = report["artifacts"]
+    v = art["verification"]
+    assert art["format"] == "trt" and art["precision"] == "int8" and art["opset"] == 13
+    assert "_int8_" in Path(v["engine"]).name and v["engine_cache"] == "built"
+    assert v["n"] == report["n_test"] == 270 and v["top1"] is not None
+    assert list((tmp_path / "out" / "jetson_bundle").glob("calib_int8.cache"))
