@@ -6,9 +6,23 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install sysdeps test test-fast demo lint clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-install: $(STAMP)
+.PHONY: install datasets sysdeps test test-fast demo lint clean
+
+install: $(STAMP) datasets
+
+# Real data offline: Debian's dataset-fashion-mnist (the original 60k/10k IDX files) for the accuracy measurements.
+# Checked on every run, whether or not the venv is up to date.
+datasets:
+	@if ! test -f $(FASHION_MNIST); then \
+		if [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				dataset-fashion-mnist >/dev/null) || echo "note: could not install dataset-fashion-mnist"; \
+		else \
+			echo "note: for Fashion-MNIST run: sudo apt-get install dataset-fashion-mnist"; \
+		fi; \
+	fi
 
 # Real peers for the device tests: OpenSSH's sshd (Jetson runner over ssh) and the adb client (Android runner).
 sysdeps:

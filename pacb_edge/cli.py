@@ -153,6 +153,10 @@ def train(
     checkpoint: Annotated[Path | None, typer.Option(help="Start a single stage from this checkpoint.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the stage from its last checkpoint.")] = False,
     limit: Annotated[int | None, typer.Option(help="Cap each split at N images (quick runs).")] = None,
+    train_limit: Annotated[
+        int | None, typer.Option(help="Cap the training images at N; the test split stays whole.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads, pinned for the run (default: all cores).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train (with sparsity), prune channels structurally, fine-tune and evaluate; writes a run directory."""
@@ -212,6 +216,8 @@ def train(
         width_mult=width_mult,
         grayscale_to_rgb=grayscale_to_rgb,
         limit=limit,
+        train_limit=train_limit,
+        threads=threads,
         out=out,
         stage=stage,
         checkpoint=checkpoint,

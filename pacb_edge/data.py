@@ -302,6 +302,7 @@ class DataBundle:
     seed: int = 0
     val_fraction: float = 0.15
     limit: int | None = None
+    train_limit: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -316,6 +317,7 @@ class DataBundle:
             "seed": int(self.seed),
             "val_fraction": float(self.val_fraction),
             "limit": self.limit,
+            "train_limit": self.train_limit,
             "n_train": len(self.train),
             "n_val": len(self.val),
             "n_test": len(self.test),
@@ -441,6 +443,7 @@ class _Request:
     input_size: int
     val_fraction: float
     seed: int
+    explicit_root: bool = False  # the user passed --data-dir (else the default ./data, plus known system folders)
 
 
 @contextlib.contextmanager
@@ -517,28 +520,99 @@ def _load_cifar100_splits(req: _Request) -> _Splits:
     return _cifar_splits(req, torchvision.datasets.CIFAR100, "cifar-100-python", ["train", "test", "meta"])
 
 
+# Debian's package dataset-fashion-mnist installs the original IDX files (gzipped) here.
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+_FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    """`folder/name` or `folder/name.gz`, whichever exists."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def fashion_mnist_folders(root: Path | None) -> list[Path]:
+    """Where Fashion-MNIST's four IDX files are looked for, in order.
+
+    With `--data-dir DIR`: DIR itself (a flat folder) and torchvision's DIR/FashionMNIST/raw. Without it: ./data's
+    torchvision layout, then Debian's /usr/share/datasets/fashion-mnist.
+    """
+    if root is None:
+        return [DEFAULT_DATA_DIR / "FashionMNIST" / "raw", FASHION_MNIST_DEBIAN_DIR]
+    return [root, root / "FashionMNIST" / "raw"]
+
+
+def _read_idx(path: Path, labels: bool) -> torch.Tensor:
+    """An IDX file (plain or .gz) read by torchvision's own reader; a .gz is unpacked into a private temp file,
+    never next to the data (Debian's folder is read-only, and a half-unpacked file must not be left behind)."""
+    import gzip
+    import shutil
+    import tempfile
+
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    read = read_label_file if labels else read_image_file
+    if path.suffix != ".gz":
+        return read(str(path))
+    with tempfile.NamedTemporaryFile(prefix="pacb_idx_") as tmp:
+        with gzip.open(path, "rb") as src:
+            shutil.copyfileobj(src, tmp)
+        tmp.flush()
+        return read(tmp.name)
+
+
 def _load_fashion_mnist_splits(req: _Request) -> _Splits:
-    """Fashion-MNIST IDX files read by torchvision from <root>/FashionMNIST/raw (plain or .gz)."""
-    raw = req.root / "FashionMNIST" / "raw"
-    names = [f"{p}-{k}" for p in ("train", "t10k") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
-    # torchvision only looks for unpacked files unless it downloads; unpack .gz files the user placed there.
-    for name in names:
-        if not (raw / name).exists() and (raw / f"{name}.gz").is_file():
-            try:
-                torchvision.datasets.utils.extract_archive(str(raw / f"{name}.gz"), str(raw))
-            except _DATA_ERRORS as e:
-                raise PacbEdgeError(f"fashion-mnist: cannot unpack {raw / name}.gz: {_one_line(e)}") from None
-    desc = f"FashionMNIST/raw/{{{','.join(names)}}}[.gz]"
-    required = [f"FashionMNIST/raw/{n}" for n in names]
-    stores = []
-    for train in (True, False):
-        ds = _open(
+    """Fashion-MNIST from its original IDX files (plain or .gz), found in Debian's folder, a flat folder or
+    torchvision's FashionMNIST/raw layout; `--download` lets torchvision fetch them into the latter."""
+    root = req.root if req.explicit_root else None
+    if req.download:
+        _open(
             req,
-            desc,
-            required,
-            lambda dl, train=train: torchvision.datasets.FashionMNIST(str(req.root), train=train, download=dl),
+            "FashionMNIST/raw/<4 IDX files>",
+            [],
+            lambda dl: torchvision.datasets.FashionMNIST(str(req.root), train=True, download=dl),
         )
-        stores.append(_TensorImages(ds.data[:, None], ds.targets.numpy()))
+        root = req.root / "FashionMNIST" / "raw"
+    folders = [root] if req.download else fashion_mnist_folders(root)
+    found = None
+    for folder in folders:
+        files = {name: _idx_file(folder, name) for name in _FASHION_MNIST_FILES}
+        if all(files.values()):
+            found = files
+            break
+    if found is None:
+        where = " or ".join(str(f.resolve()) for f in folders)
+        names = ", ".join(f"{n}[.gz]" for n in _FASHION_MNIST_FILES)
+        raise PacbEdgeError(
+            f"fashion-mnist not found in {where}: install Debian's package {FASHION_MNIST_PACKAGE} "
+            f"(apt-get install {FASHION_MNIST_PACKAGE}), place {names} there, or pass --download"
+        )
+    arrays = {}
+    for name, path in found.items():
+        try:
+            arrays[name] = _read_idx(path, labels="labels" in name)
+        except _DATA_ERRORS + (OSError,) as e:
+            raise PacbEdgeError(
+                f"fashion-mnist file {path} is corrupt or incomplete ({_one_line(e)}): "
+                f"reinstall {FASHION_MNIST_PACKAGE} or replace the file"
+            ) from None
+    stores = []
+    for split in ("train", "t10k"):
+        images, labels = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+        if len(images) != len(labels) or (len(labels) and int(labels.max()) > 9):
+            raise PacbEdgeError(
+                f"fashion-mnist {split} files disagree: {len(images)} images, {len(labels)} labels (max label "
+                f"{int(labels.max()) if len(labels) else '-'}); reinstall {FASHION_MNIST_PACKAGE}"
+            )
+        stores.append(_TensorImages(images[:, None].contiguous(), labels.numpy()))
     return _official_splits(stores[0], stores[1], list(torchvision.datasets.FashionMNIST.classes), req)
 
 
@@ -659,11 +733,14 @@ def load_dataset(
     val_fraction: float = 0.15,
     seed: int = 0,
     limit: int | None = None,
+    train_limit: int | None = None,
 ) -> DataBundle:
     """Load a dataset by name and split it into train/val/test, deterministically for a given `seed`.
 
     `data_dir` (default ./data) holds the torchvision datasets; `download` lets torchvision fetch them.
-    `limit` caps each split's size (a seeded, class-balanced subset) for quick runs.
+    `limit` caps each split's size (a seeded, class-balanced subset) for quick runs; `train_limit` caps the training
+    images only, so a quick run still measures on the whole test split (validation, carved from the training images,
+    keeps the `val_fraction` proportion to the capped training split).
     """
     key, _, arg = name.partition(":")
     key = key.strip().lower()
@@ -675,10 +752,12 @@ def load_dataset(
         raise PacbEdgeError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if limit is not None and limit < 1:
         raise PacbEdgeError(f"limit must be at least 1, got {limit}")
+    if train_limit is not None and train_limit < 1:
+        raise PacbEdgeError(f"train_limit must be at least 1, got {train_limit}")
 
     info = _DATASETS[key]
     root = Path(data_dir).expanduser() if data_dir is not None else DEFAULT_DATA_DIR
-    req = _Request(name, arg or None, root, download, input_size, val_fraction, seed)
+    req = _Request(name, arg or None, root, download, input_size, val_fraction, seed, data_dir is not None)
     splits = info.load(req)
 
     to_rgb = grayscale_to_rgb and info.in_chans == 1
@@ -694,6 +773,12 @@ def load_dataset(
 
     train_idx = subset(splits.train_store, splits.train_idx, 0)
     val_idx = subset(splits.val_store, splits.val_idx, 1)
+    if train_limit is not None and len(train_idx) > train_limit:
+        # Validation keeps the train:val proportion of `val_fraction`, so it is not 9,000 images beside 2,000.
+        val_cap = max(1, round(train_limit * val_fraction / (1 - val_fraction))) if val_fraction else 0
+        train_idx = train_idx[_balanced_choice(splits.train_store.labels[train_idx], train_limit, seed + 3)]
+        if len(val_idx) > val_cap:
+            val_idx = val_idx[_balanced_choice(splits.val_store.labels[val_idx], val_cap, seed + 4)]
     test_idx = subset(splits.test_store, splits.test_idx, 2)
     if len(train_idx) == 0:
         raise PacbEdgeError(f"{name}: the train split is empty")
@@ -710,6 +795,7 @@ def load_dataset(
         seed=seed,
         val_fraction=val_fraction,
         limit=limit,
+        train_limit=train_limit,
     )
 
 
@@ -740,6 +826,7 @@ def rebuild_dataset(spec: Any, data_dir: str | Path | None = None, download: boo
         val_fraction=float(split.get("val_fraction", 0.15)),
         seed=int(split.get("seed", 0)),
         limit=split.get("limit"),
+        train_limit=split.get("train_limit"),
     )
     if len(bundle.class_names) != int(d.get("num_classes", len(bundle.class_names))):
         raise PacbEdgeError(f"dataset {name} has {len(bundle.class_names)} classes, the model {d.get('num_classes')}")

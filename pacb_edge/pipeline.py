@@ -33,6 +33,8 @@ class RunOptions:
     width_mult: float = 1.0
     grayscale_to_rgb: bool = False
     limit: int | None = None
+    train_limit: int | None = None
+    threads: int | None = None  # torch's intra-op threads, fixed for the run (default: all cores)
     out: Path = Path("runs/default")
     stage: str = "all"
     checkpoint: Path | None = None
@@ -44,6 +46,19 @@ class RunOptions:
     finetune: Any = None  # TrainConfig
     prune: Any = None  # PruneConfig, or None for no pruning
     attention_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def pin_threads(threads: int | None) -> int:
+    """Fix torch's intra-op thread count (all cores unless given): one count, one summation order, one result."""
+    import os
+
+    import torch
+
+    n = int(threads) if threads else (os.cpu_count() or 1)
+    if n < 1:
+        raise PacbEdgeError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(n)
+    return n
 
 
 def _read_metrics(out: Path) -> dict[str, Any]:
@@ -90,12 +105,13 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
     from pacb_edge.data import load_dataset
     from pacb_edge.models import ModelSpec, create_model
     from pacb_edge.plots import plot_training_curves
-    from pacb_edge.train import fit, setup_distributed
+    from pacb_edge.train import fit, seed_everything, setup_distributed
 
     if opts.stage not in STAGES:
         raise PacbEdgeError(f"unknown stage {opts.stage!r}; choose one of {', '.join(STAGES)}")
     out = ensure_dir(opts.out)
     info = setup_distributed()
+    threads = pin_threads(opts.threads)
     bundle = load_dataset(
         opts.dataset,
         data_dir=opts.data_dir,
@@ -104,11 +120,14 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
         grayscale_to_rgb=opts.grayscale_to_rgb,
         seed=opts.train.seed,
         limit=opts.limit,
+        train_limit=opts.train_limit,
     )
     split_record = bundle.split_record()
     metrics = _read_metrics(out)
     metrics.setdefault("stages", {})
     metrics["command"] = opts.command
+    metrics["seed"] = opts.train.seed
+    metrics["threads"] = threads
     metrics["dataset"] = {
         "name": bundle.name,
         "n_train": len(bundle.train),
@@ -129,6 +148,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "train":
+            seed_everything(opts.train.seed)  # the initial weights come from the seed too, not from earlier RNG use
             spec = ModelSpec(
                 arch=opts.model,
                 num_classes=len(bundle.class_names),

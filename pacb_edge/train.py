@@ -101,9 +101,20 @@ def setup_distributed() -> DistInfo:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every RNG and ask torch for its deterministic algorithms, so one seed gives one result on one machine."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader workers draw their augmentation from a seed derived from the loader's seeded generator."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def prunable_batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -168,6 +179,8 @@ def _loader(dataset: Dataset, batch_size: int, shuffle: bool, cfg: TrainConfig, 
         sampler=sampler,
         num_workers=cfg.num_workers,
         pin_memory=info.device.type == "cuda",
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(cfg.seed + info.rank),
     )
     return loader, sampler
 

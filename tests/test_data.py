@@ -84,10 +84,10 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def _make_fashion_mnist(root: Path) -> dict[str, np.ndarray]:
+def _make_fashion_mnist(root: Path, flat: bool = False) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
+    raw = root if flat else root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
     arrays = {
         "train-images-idx3-ubyte": rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8),
         "train-labels-idx1-ubyte": np.arange(20) % 10,
@@ -325,6 +325,55 @@ def test_fashion_mnist_reads_gzipped_idx(tmp_path):
     for i in range(5):  # the resize of one item equals the batched resize
         np.testing.assert_allclose(b32.test[i][0].numpy(), x32[i], atol=1e-6)
     assert not any(isinstance(t, v2.RandomHorizontalFlip) for t in b32.train.augment.transforms)
+
+
+def test_fashion_mnist_found_in_debian_folder_without_data_dir(tmp_path, monkeypatch):
+    debian = tmp_path / "usr" / "share" / "datasets" / "fashion-mnist"
+    arrays = _make_fashion_mnist(debian, flat=True)
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", debian)
+    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", tmp_path / "nothing_here")
+    debian.chmod(0o555)  # read-only, as /usr/share is: the .gz files are read without unpacking next to them
+    try:
+        b = load_dataset("fashion-mnist", input_size=28, val_fraction=0.25)
+    finally:
+        debian.chmod(0o755)
+    assert (len(b.train), len(b.val), len(b.test)) == (15, 5, 5)
+    np.testing.assert_array_equal(b.arrays("test", raw=True)[0][:, 0], arrays["t10k-images-idx3-ubyte"])
+    assert sorted(p.name for p in debian.iterdir()) == sorted(f"{n}.gz" for n in arrays)
+
+
+def test_fashion_mnist_flat_folder_plain_or_gz_and_missing(tmp_path, monkeypatch):
+    arrays = _make_fashion_mnist(tmp_path / "flat", flat=True)
+    b = load_dataset("fashion-mnist", data_dir=tmp_path / "flat", input_size=28)
+    np.testing.assert_array_equal(b.test.labels, arrays["t10k-labels-idx1-ubyte"])
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", tmp_path / "absent2")
+    with pytest.raises(PacbEdgeError) as e:
+        load_dataset("fashion-mnist")
+    msg = str(e.value)
+    assert "dataset-fashion-mnist" in msg and "t10k-images-idx3-ubyte" in msg and "\n" not in msg
+
+
+def test_fashion_mnist_corrupt_file_is_one_line_and_writes_nothing(tmp_path):
+    _make_fashion_mnist(tmp_path, flat=True)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(PacbEdgeError) as e:
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+    assert "corrupt or incomplete" in str(e.value) and "dataset-fashion-mnist" in str(e.value)
+    assert "\n" not in str(e.value) and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_train_limit_caps_training_images_only(tmp_path):
+    full = load_dataset("digits", seed=1)
+    capped = load_dataset("digits", seed=1, train_limit=100)
+    assert len(capped.train) == 100 and set(capped.train.indices) <= set(full.train.indices)
+    np.testing.assert_array_equal(capped.test.indices, full.test.indices)  # the test split stays whole
+    assert len(capped.val) == round(100 * 0.15 / 0.85) and set(capped.val.indices) <= set(full.val.indices)
+    assert np.bincount(capped.train.labels, minlength=10).min() >= 9  # balanced over the classes
+    assert capped.split_record()["train_limit"] == 100 and capped.split_record()["n_test"] == len(full.test)
+    with pytest.raises(PacbEdgeError, match="train_limit must be at least 1"):
+        load_dataset("digits", train_limit=0)
 
 
 def test_gtsrb_reads_ppm_tree_and_csv(tmp_path):
