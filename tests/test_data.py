@@ -23,6 +23,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import pacb_edge.data as data
+import pacb_edge.data_sources as data_sources
 from pacb_edge.data import load_dataset
 from pacb_edge.errors import PacbEdgeError
 
@@ -244,8 +245,9 @@ def test_unknown_dataset_and_bad_arguments():
         b.arrays("training")
 
 
-def test_data_module_never_unpickles():
-    tree = ast.parse(Path(data.__file__).read_text())
+@pytest.mark.parametrize("module", [data, data_sources])
+def test_data_modules_never_unpickle(module):
+    tree = ast.parse(Path(module.__file__).read_text())
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -330,8 +332,8 @@ def test_fashion_mnist_reads_gzipped_idx(tmp_path):
 def test_fashion_mnist_found_in_debian_folder_without_data_dir(tmp_path, monkeypatch):
     debian = tmp_path / "usr" / "share" / "datasets" / "fashion-mnist"
     arrays = _make_fashion_mnist(debian, flat=True)
-    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", debian)
-    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", tmp_path / "nothing_here")
+    monkeypatch.setattr(data_sources, "FASHION_MNIST_DEBIAN_DIR", debian)
+    monkeypatch.setattr(data_sources, "DEFAULT_DATA_DIR", tmp_path / "nothing_here")
     debian.chmod(0o555)  # read-only, as /usr/share is: the .gz files are read without unpacking next to them
     try:
         b = load_dataset("fashion-mnist", input_size=28, val_fraction=0.25)
@@ -346,8 +348,8 @@ def test_fashion_mnist_flat_folder_plain_or_gz_and_missing(tmp_path, monkeypatch
     arrays = _make_fashion_mnist(tmp_path / "flat", flat=True)
     b = load_dataset("fashion-mnist", data_dir=tmp_path / "flat", input_size=28)
     np.testing.assert_array_equal(b.test.labels, arrays["t10k-labels-idx1-ubyte"])
-    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
-    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", tmp_path / "absent2")
+    monkeypatch.setattr(data_sources, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data_sources, "DEFAULT_DATA_DIR", tmp_path / "absent2")
     with pytest.raises(PacbEdgeError) as e:
         load_dataset("fashion-mnist")
     msg = str(e.value)
