@@ -516,12 +516,15 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the runs, artifacts, bench reports and plots go.")] = Path(
         "runs/demo"
     ),
-    epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 6,
-    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 16,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning.")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed for the splits, the initial weights and the loaders.")] = 0,
     prune_ratio: Annotated[float, typer.Option(help="Global fraction of channels PACB removes.")] = 0.3,
     width_mult: Annotated[float, typer.Option(help="Width multiplier (1.0 = the papers' models).")] = 1.0,
     bench_runs: Annotated[int, typer.Option(help="Timed runs per artifact.")] = 100,
-    threads: Annotated[int | None, typer.Option(help="Inference threads for the bench.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Torch threads for training and the bench (default: all cores).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the main job end to end on the bundled digits data: train, prune, export, verify, bench."""
@@ -533,6 +536,7 @@ def demo(
         out=out,
         epochs=epochs,
         finetune_epochs=finetune_epochs,
+        seed=seed,
         prune_ratio=prune_ratio,
         width_mult=width_mult,
         bench_runs=bench_runs,
@@ -566,12 +570,19 @@ def demo(
 def reproduce(
     paper: Annotated[str, typer.Argument(help="pacb (Tables 2-4) or cpsca (Tables 4-5).")],
     dataset: Annotated[
-        str, typer.Option(help="digits (bundled), cifar10, cifar100, fashion-mnist or gtsrb (files in --data-dir).")
+        str, typer.Option(help="digits (bundled), cifar10, cifar100, fashion-mnist or gtsrb (as `pacb-edge train`).")
     ] = "digits",
-    quick: Annotated[bool, typer.Option(help="Smoke-sized grid: width x0.25, 256 images per split, 4 epochs.")] = False,
-    seeds: Annotated[int, typer.Option(help="Run seeds 0..N-1 and report mean ± std.")] = 1,
+    budget: Annotated[
+        str,
+        typer.Option(
+            help="paper: the papers' schedule (160 + 160 epochs, for a GPU); cpu: sized for a 2-core CPU (a training "
+            "subset, a narrower model, fewer epochs, 3 seeds; the table caption says which)."
+        ),
+    ] = "paper",
+    quick: Annotated[bool, typer.Option(help="Smoke run of a few minutes (width x0.25, 256 images, 4 epochs)")] = False,
+    seeds: Annotated[int | None, typer.Option(help="Seeds 0..N-1, shown as mean ± std (default: the budget's)")] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Results folder (default runs/reproduce_<paper>_<dataset>[_quick]).")
+        Path | None, typer.Option(help="Results folder (default runs/reproduce_<paper>_<dataset>[_cpu][_quick]).")
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where the dataset files are.")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset into --data-dir.")] = False,
@@ -579,11 +590,13 @@ def reproduce(
     ratios: Annotated[
         str | None, typer.Option(help="cpsca: comma-separated channel ratios (default: the paper's levels).")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (default 160, --quick 4).")] = None,
-    finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (default 160, --quick 1).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the budget's).")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (default: the budget's).")] = None,
     sparsity: Annotated[float | None, typer.Option(help="Slimming lambda (default 1e-4; cpsca ResNet56 1e-5).")] = None,
-    width_mult: Annotated[float | None, typer.Option(help="Width multiplier (default 1.0, --quick 0.25).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Cap each split at N images.")] = None,
+    width_mult: Annotated[float | None, typer.Option(help="Width multiplier (default: the budget's).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Cap each split at N images (the test split too).")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Cap training images at N (test split stays whole).")] = None,
+    archs: Annotated[str | None, typer.Option(help="Comma-separated subset of the paper's architectures.")] = None,
     device: Annotated[str, typer.Option(help="cpu, or also jetson / android for on-device columns.")] = "cpu",
     host: Annotated[str | None, typer.Option(help="jetson: user@host.")] = None,
     port: Annotated[int | None, typer.Option(help="jetson: ssh port.")] = None,
@@ -591,7 +604,7 @@ def reproduce(
     serial: Annotated[str | None, typer.Option(help="android: adb serial.")] = None,
     benchmark_binary: Annotated[Path | None, typer.Option(help="android: TFLite benchmark_model binary.")] = None,
     eval_binary: Annotated[Path | None, typer.Option(help="android: TFLite run_eval, for on-device accuracy.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Host bench threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads for training and the host bench.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Rerun a paper's experiment grid and print its tables, the paper's numbers next to ours.
@@ -600,9 +613,12 @@ def reproduce(
 
     cpsca: VGG16 and ResNet56 pruned by L1-norm, Network Slimming, CPSE and CPSCA (Tables 4-5).
 
-    The full settings are the papers' (160 + 160 epochs, lr 0.1, batch 64): they need a GPU and the datasets.
+    cpsca --budget cpu: one VGG16-SCA model pruned by CPSCA, Slimming, L1-norm and random at 50 % and 80 % of the
+    channels, to test CPSCA >= Slimming >= L1-norm (benchmarks/cpsca_vgg16.sh).
 
-    Their GPU-hour cost is not yet measured. An interrupted run resumes cell by cell; --quick is a smoke test.
+    --budget paper is the papers' schedule (160 + 160 epochs, lr 0.1, batch 64): it needs a GPU. --budget cpu is
+    sized for a 2-core CPU (pacb on fashion-mnist: an estimated 70 minutes). An interrupted run resumes cell by cell;
+    --quick is a smoke test.
     """
     from rich.table import Table
 
@@ -618,6 +634,7 @@ def reproduce(
         data_dir=data_dir,
         download=download,
         out=out,
+        budget=budget,
         quick=quick,
         seeds=seeds,
         prune_ratio=prune_ratio,
@@ -627,6 +644,8 @@ def reproduce(
         sparsity=sparsity,
         width_mult=width_mult,
         limit=limit,
+        train_limit=train_limit,
+        archs=tuple(_split_csv(archs)) if archs is not None else None,
         device=device,
         jetson={"host": host, "port": port, "remote_dir": remote_dir} if device == "jetson" else {},
         android=(
@@ -643,7 +662,7 @@ def reproduce(
         console.print(line, highlight=False)
     said: set[str] = set()
     for t in result["tables"]:
-        table = Table(title=t["title"])
+        table = Table(title=t["title"], caption=t.get("caption") or None)
         for i, col in enumerate(t["header"]):
             justify = "left" if i < t["label_columns"] else "right"
             table.add_column(col, justify=justify, style=None if t["measured"][i] else "dim")

@@ -1,27 +1,36 @@
 """`pacb-edge reproduce`: both papers' quick grids run (library and CLI), fill every row of the papers' tables, write
-JSON + Markdown, resume without recomputing, average seeds, and carry on-device columns; bad input is one line."""
+JSON + Markdown, resume without recomputing, average seeds, and carry on-device columns; its cells and the demo's
+run through one engine under one key; the budgets name what they train; bad input is one line."""
 
+import dataclasses
 import json
 import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from pacb_edge import cli
+from pacb_edge.cells import CellRunner, cell_key
 from pacb_edge.cli import app
+from pacb_edge.experiments import DemoConfig, demo_cells
 from pacb_edge.reproduce import (
     CPSCA_METHODS,
     CPSCA_PAPER,
     PACB_LATENCY_MS,
     PACB_PAPER,
     ReproduceConfig,
+    Schedule,
     default_cpsca_ratios,
     run_reproduce,
 )
+from pacb_edge.reproduce_grids import PACB_CPU
+from pacb_edge.reproduce_tables import ordering_notes
 
 runner = CliRunner()
 MISSING = ("", "failed", "n/a", "-", "—")
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,13 +85,16 @@ def test_pacb_quick_fills_tables_2_to_4(pacb):
     for t in tables.values():
         _assert_filled(t)
     # The paper's numbers sit next to ours (digits is not in the paper: its CIFAR-10 column is shown).
-    assert tables["table2"]["rows"][0][3] == "95.20 ± 0.12" and tables["table3"]["rows"][2][9] == "19.1"
-    assert "MACs" in " ".join(tables["table2"]["header"])
+    assert tables["table2"]["rows"][0][3] == "95.20 ± 0.12" and tables["table3"]["rows"][2][10] == "19.1"
+    assert "MACs" in " ".join(tables["table2"]["header"]) and "TFLite INT8 ms ours" in tables["table2"]["header"]
+    assert all("width x0.25" in t["caption"] and "4 epochs" in t["caption"] for t in tables.values())
     rows = {r["row"]: r for r in result["records"]}
     for arch in ("mobilenetv3_large", "repvgg_a0"):
         ca, pruned = rows[f"{arch}/CA"], rows[f"{arch}/CA_Pruned"]
         assert pruned["params"] < ca["params"] and pruned["macs"] < ca["macs"]
-        assert pruned["host"]["status"] == "ok" and pruned["host"]["per_image_ms"] > 0
+        for where in ("host", "host_int8"):  # ONNX FP32 and TFLite INT8 on the host CPU
+            assert pruned[where]["status"] == "ok" and pruned[where]["per_image_ms"] > 0
+        assert pruned["macs_ratio_vs_ca"] < 1 and rows[f"{arch}/CA"]["host_int8_ratio_vs_ca"] == 1.0
     assert {r["seed"] for r in result["records"]} == {0}
     for metrics in out.glob("seed0/*/metrics.json"):
         assert json.loads(metrics.read_text())["seed"] == 0
@@ -200,6 +212,8 @@ def test_device_columns_come_from_the_device_runner(pacb, tmp_path, monkeypatch)
         (["reproduce", "cpsca", "--ratios", "a,b"], "--ratios expects comma-separated numbers"),
         (["reproduce", "cpsca", "--ratios", "1.5"], "pruning ratios must be in (0, 1)"),
         (["reproduce", "pacb", "--device", "jetson"], "--device jetson needs --host"),
+        (["reproduce", "pacb", "--budget", "gpu"], "unknown budget 'gpu'; choose one of paper, cpu"),
+        (["reproduce", "pacb", "--archs", "vgg16"], "pacb has no architecture 'vgg16'"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path):
@@ -248,3 +262,96 @@ def test_transcribed_paper_numbers_are_consistent():
             assert rows["CA_Pruned"]["flops_m"] < rows["CA"]["flops_m"]
             assert rows["CA_Pruned"]["params_m"] < rows["CA"]["params_m"]
             assert PACB_LATENCY_MS[arch]["CA_Pruned"][ds] < PACB_LATENCY_MS[arch]["CA"][ds]
+
+
+def _demo_schedule() -> Schedule:
+    """A schedule with the demo's settings (DemoConfig's defaults; the cpu budget has its lr, batch and scheduler)."""
+    return dataclasses.replace(PACB_CPU, name="demo", epochs=6, finetune_epochs=3, width_mult=1.0, train_limit=None)
+
+
+def test_demo_and_reproduce_cells_share_one_engine(tmp_path, monkeypatch):
+    """The same configuration is one cell, whoever asks for it: one key, and a cell the demo finished is read back
+    by reproduce; what changes the result changes the key, where the data lives does not."""
+    demo = {(arch, label): cell for arch, label, cell in demo_cells(DemoConfig())}
+    sched, cfg = _demo_schedule(), ReproduceConfig(paper="pacb", data_dir="/elsewhere")
+    ca = sched.cell(cfg, "mobilenetv3_large", "ca", 0, sparsity=1e-4, criterion="bn-scale", prune_ratio=0.3)
+    assert cell_key(ca) == cell_key(demo[("mobilenetv3_large", "CA")])
+    assert cell_key(sched.cell(cfg, "repvgg_a0", None, 0)) == cell_key(demo[("repvgg_a0", "Base")])
+    for change in ({"seed": 1}, {"train_limit": 4000}, {"scheduler": "step"}, {"finetune_lr": 0.1}):
+        assert cell_key(dataclasses.replace(ca, **change)) != cell_key(ca), change
+    computed = []
+
+    def fake_compute(cell, cell_dir, source, run, command):
+        computed.append(cell)
+        cell_dir.mkdir(parents=True)
+        return {"stages": {"train": {"test_top1": 0.5}, "finetune": {"test_top1": 0.4}}}
+
+    monkeypatch.setattr("pacb_edge.cells._compute", fake_compute)
+    CellRunner(tmp_path, "pacb-edge demo", progress=False).run(demo[("mobilenetv3_large", "CA")], "cell")
+    again = CellRunner(tmp_path, "pacb-edge reproduce pacb", progress=False)
+    assert again.run(ca, "cell").metrics["stages"]["finetune"]["test_top1"] == 0.4
+    assert again.cached == 1 and again.computed == 0 and len(computed) == 1
+    # A pruning cell reuses a trained cell's model; its key holds its source's.
+    source = sched.cell(cfg, "vgg16", "sca", 0, sparsity=1e-4)
+    pruned = source.pruned("l1-norm", 0.5)
+    assert json.loads(cell_key(pruned))["source"]["attention"] == "sca"
+    longer = dataclasses.replace(source, epochs=7)
+    assert cell_key(longer.pruned("l1-norm", 0.5)) != cell_key(pruned)
+
+
+def test_cpu_budget_names_its_subset_width_and_epochs():
+    cfg = ReproduceConfig(paper="pacb", dataset="fashion-mnist", budget="cpu")
+    sched = cfg.schedule()
+    assert sched.limit is None and sched.train_limit is not None  # the test split stays whole
+    assert sched.epochs < 160 and sched.width_mult < 1 and sched.seeds == 3
+    caption = sched.caption(sched.seeds)
+    for text in (
+        "budget cpu",
+        f"{sched.train_limit:,} training images",
+        "the whole test split",
+        f"width x{sched.width_mult:g}",
+        f"{sched.epochs} epochs + {sched.finetune_epochs} fine-tuning",
+        "3 seed(s)",
+    ):
+        assert text in caption
+    cell = sched.cell(cfg, "mobilenetv3_large", "ca", 0)
+    assert (cell.train_limit, cell.limit, cell.width_mult) == (sched.train_limit, None, sched.width_mult)
+    assert ReproduceConfig(paper="pacb").schedule().epochs == 160  # budget paper: the papers' schedule
+    assert ReproduceConfig(paper="pacb", budget="cpu", seeds=1).schedule().seeds == 1
+    assert ReproduceConfig(paper="cpsca", budget="cpu").cpsca_ratios("vgg16") == (0.5, 0.8)
+
+
+def test_ordering_note_counts_standard_deviations():
+    def stat(*accs):
+        return {"test_top1": {"mean": statistics.fmean(accs), "std": statistics.stdev(accs), "n": len(accs)}}
+
+    stats = {
+        "vgg16/sca-attention/0.50": stat(0.92, 0.93, 0.94),
+        "vgg16/bn-scale/0.50": stat(0.91, 0.92, 0.93),
+        "vgg16/l1-norm/0.50": stat(0.93, 0.94, 0.95),
+    }
+    (note,) = ordering_notes(stats, "vgg16", [0.5])
+    assert "CPSCA >= Slimming >= L1-norm does not hold" in note
+    assert "CPSCA - Slimming = +1.00 pp = +1.0 std" in note and "Slimming - L1-norm = -2.00 pp = -2.0 std" in note
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST.is_file(),
+    reason=f"Debian's Fashion-MNIST files are absent ({FASHION_MNIST}; apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_table_carries_the_papers_fashion_mnist_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.console, "width", 320)
+    args = ["reproduce", "pacb", "--dataset", "fashion-mnist", "--quick", "--archs", "mobilenetv3_large"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path), "--threads", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    for text in ("PACB Table 2: MobileNetV3 variants on Fashion-MNIST", "94.61 ± 0.09", "95.16 ± 0.11", "91.94"):
+        assert text in r.output
+    assert "the paper has no" not in r.output
+    result = json.loads((tmp_path / "reproduce.json").read_text())
+    tables = {t["key"]: t for t in result["tables"]}
+    for t in tables.values():
+        _assert_filled(t)
+    assert [row[7] for row in tables["table2"]["rows"]] == ["10.156", "10.225", "7.502"]  # the paper's MACs (M)
+    pruned = tables["table4"]["rows"][2]
+    assert pruned[3] == "13.1" and pruned[5] == f"{7.502 / 10.225:.3f}" and pruned[8] == f"{13.1 / 20.0:.3f}"
+    assert result["records"][0]["host"]["status"] == "ok"

@@ -1,0 +1,230 @@
+"""The schedules (budget presets) and experiment grids of `pacb-edge reproduce`.
+
+A grid turns a `ReproduceConfig` and its `Schedule` into cells for one seed, runs them through the one cell engine
+(`pacb_edge.cells`) and returns one record per table row.
+
+- `pacb`: for MobileNetV3-Large and RepVGG-A0, Base (the architecture's own attention: SE in MobileNetV3, none in
+  RepVGG), Base+CA (sparsity-trained) and Base+CA+Pruned (bn-scale pruning of that very model, then fine-tuning).
+- `cpsca`, budget `paper`: for VGG16 and ResNet56, the unpruned baseline, then L1-norm, Network Slimming, CPSE and
+  CPSCA at each ratio. L1-norm prunes the plain model trained normally (also the baseline row); Slimming prunes the
+  plain model trained with the L1 penalty on BN scales; CPSE prunes a model trained with SE, CPSCA one trained with
+  SCA (the attention is removed when pruned). Each pruning is its own cell from a trained checkpoint, so a trained
+  model serves every ratio and is never trained again.
+- `cpsca`, budget `cpu`: the ordering experiment. One VGG16-SCA model (trained with sparsity, so Slimming's ranking
+  is meaningful) is pruned by CPSCA, Slimming, L1-norm and random at 50 % and 80 % of the channels: only the channel
+  choice differs between the rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pacb_edge.cells import CellConfig, CellRunner
+from pacb_edge.paper_numbers import CPSCA_PAPER, PACB_VARIANTS
+
+if TYPE_CHECKING:
+    from pacb_edge.reproduce import ReproduceConfig
+
+PAPERS = ("pacb", "cpsca")
+BUDGETS = ("paper", "cpu")
+ARCHS = {"pacb": ("mobilenetv3_large", "repvgg_a0"), "cpsca": ("vgg16", "resnet56")}
+# Network Slimming's lambda: 1e-4 for plain CNNs (VGG, and PACB's default), 1e-5 for residual nets (ResNet).
+SLIMMING_SPARSITY = {"vgg16": 1e-4, "resnet56": 1e-5}
+PACB_SPARSITY = 1e-4
+QUICK_CPSCA_RATIOS = (0.5,)
+ORDERING_ARCH = "vgg16"
+ORDERING_METHODS = ("sca-attention", "bn-scale", "l1-norm", "random")
+ORDERING_RATIOS = (0.5, 0.8)
+
+
+_CELL_FIELDS = {f.name for f in dataclasses.fields(CellConfig)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training, fine-tuning and bench settings of one budget; the defaults are the `paper` budget's.
+
+    That is Network Slimming's reference schedule (CPSCA trains the same way; PACB's own schedule was lost in the text
+    copy): SGD momentum 0.9, lr 0.1 divided by 10 at 50 % and 75 % of 160 epochs, weight decay 1e-4, batch 64, and
+    fine-tuning with the same schedule. Meant for a GPU.
+    """
+
+    name: str = "paper"
+    epochs: int = 160
+    finetune_epochs: int = 160
+    lr: float = 0.1
+    finetune_lr: float = 0.1
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    scheduler: str = "step"
+    warmup_epochs: int = 0
+    nesterov: bool = False
+    width_mult: float = 1.0
+    limit: int | None = None  # images per split (None = all)
+    train_limit: int | None = None  # training images only; the test split stays whole (None = all)
+    score_images: int = 10**9  # training images the attention criteria average over: all of them, as CPSCA
+    bench_warmup: int = 20
+    bench_runs: int = 100
+    calibration_images: int = 200
+    seeds: int = 1  # the default number of seeds
+
+    def cell(self, cfg: ReproduceConfig, arch: str, attention: str | None, seed: int, **kw: Any) -> CellConfig:
+        """The training cell of `arch` under this schedule; `kw` sets sparsity, criterion and prune_ratio."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in _CELL_FIELDS}
+        data = {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "download": cfg.download}
+        return CellConfig(arch=arch, attention=attention, seed=seed, **data, **shared, **kw)
+
+    def caption(self, seeds: int) -> str:
+        """What was trained, in one line: the budget, data subset, width, epochs and seeds."""
+        if self.limit is not None:
+            data = f"{self.limit:,} images per split (seeded, class-balanced; the test split is cut too)"
+        elif self.train_limit is not None:
+            data = f"{self.train_limit:,} training images (seeded, class-balanced subset), the whole test split"
+        else:
+            data = "all training images, the whole test split"
+        return (
+            f"budget {self.name}: {data}; width x{self.width_mult:g}; {self.epochs} epochs + {self.finetune_epochs} "
+            f"fine-tuning (SGD lr {self.lr:g} {self.scheduler}, batch {self.batch_size}); {seeds} seed(s)"
+        )
+
+
+PAPER = Schedule()
+# `pacb-edge reproduce pacb --dataset fashion-mnist --budget cpu` on a 2-core CPU in <= 90 minutes: 4,000 training
+# images (400 per class, so validation holds 706), the whole 10,000-image test set, width x0.5, 12 + 4 epochs (cosine
+# with 1 warm-up epoch, the demo's short-schedule settings), 3 seeds.
+# Estimate ~70 min, from timing runs on this machine with 1 torch thread while another training held the second core
+# (train_limit 1000 on digits, 32x32, batch 64, width 0.5): one training image costs 3.1 ms (MobileNetV3 Base), 4.3 ms
+# (MobileNetV3 CA), 2.0 ms (RepVGG Base) and 3.0 ms (RepVGG CA) per epoch, a pruned CA model about 80 % of that;
+# evaluating the 10,000 test images takes 14 s (MobileNetV3) / 8 s (RepVGG); ONNX export 31 s, INT8 TFLite export
+# 45 s and their interleaved bench 13 s per model (each verifies on the whole test set). Per seed: training
+# 4,000 x 12 x 12.4 ms = 595 s, fine-tuning 4,000 x 4 x 6 ms = 96 s, evaluations and data loading ~200 s, exports and
+# bench of 6 models ~500 s: ~23 min, so ~70 min for 3 seeds (less with both cores free). The export and bench share
+# (~36 %) does not shrink with the subset; cut --seeds first if the grid runs long.
+PACB_CPU = dataclasses.replace(
+    PAPER,
+    name="cpu",
+    epochs=12,
+    finetune_epochs=4,
+    finetune_lr=0.02,
+    weight_decay=5e-4,
+    scheduler="cosine",
+    warmup_epochs=1,
+    nesterov=True,
+    width_mult=0.5,
+    train_limit=4000,
+    seeds=3,
+)
+# `pacb-edge reproduce cpsca --dataset fashion-mnist --budget cpu` (benchmarks/cpsca_vgg16.sh): the same subset and
+# epochs with VGG16 at width x0.25. Estimate ~60 min for 3 seeds, from the same kind of timing run (VGG16-SCA: 6.1 ms
+# per training image per epoch at x0.25, 12.5 ms at x0.5): per seed, training 4,000 x 12 x 6.1 ms = 293 s, eight
+# pruned fine-tunings (~2.5 ms per image, 4 epochs) 320 s, eight prune cells' data loading and evaluations ~280 s,
+# nine ONNX exports and their bench ~270 s: ~20 min.
+CPSCA_CPU = dataclasses.replace(PACB_CPU, width_mult=0.25)
+# A smoke-sized grid for CI: width 0.25, a few hundred images, a few epochs.
+QUICK = dataclasses.replace(
+    PACB_CPU,
+    name="quick",
+    epochs=4,
+    finetune_epochs=1,
+    batch_size=32,
+    warmup_epochs=0,
+    width_mult=0.25,
+    limit=256,
+    train_limit=None,
+    score_images=128,
+    bench_warmup=3,
+    bench_runs=15,
+    calibration_images=32,
+    seeds=1,
+)
+SCHEDULES = {
+    ("pacb", "paper"): PAPER,
+    ("pacb", "cpu"): PACB_CPU,
+    ("cpsca", "paper"): PAPER,
+    ("cpsca", "cpu"): CPSCA_CPU,
+}
+
+
+def paper_channel_ratio(params_pruned_pct: float) -> float:
+    """The channel ratio that removes about `params_pruned_pct` % of conv params when every layer shrinks alike."""
+    return round(1 - math.sqrt(1 - params_pruned_pct / 100), 2)
+
+
+def default_cpsca_ratios(arch: str) -> tuple[float, ...]:
+    """Channel ratios for the paper's CIFAR-10 pruning levels of `arch`."""
+    return tuple(paper_channel_ratio(lv["params_pruned_pct"]) for lv in CPSCA_PAPER[arch]["cifar10"]["levels"])
+
+
+def pacb_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: int) -> list[dict[str, Any]]:
+    """Base, CA and CA_Pruned of each architecture for one seed."""
+    lam = PACB_SPARSITY if cfg.sparsity is None else cfg.sparsity
+    records = []
+    for arch in cfg.archs or ARCHS["pacb"]:
+        base = runner.run(sched.cell(cfg, arch, None, seed), f"seed{seed}/{arch}_base")
+        ca_cfg = sched.cell(cfg, arch, "ca", seed, sparsity=lam, criterion="bn-scale", prune_ratio=cfg.prune_ratio)
+        ca = runner.run(ca_cfg, f"seed{seed}/{arch}_ca")
+        for variant, cell, stage in zip(PACB_VARIANTS, (base, ca, ca), ("train", "train", "finetune"), strict=True):
+            records.append(
+                {
+                    "row": f"{arch}/{variant}",
+                    "arch": arch,
+                    "variant": variant,
+                    "seed": seed,
+                    "stage_dir": str(cell.dir / ("pruned" if stage == "finetune" else "base")),
+                    **cell.measure(stage),
+                    "sparsity": lam if variant != "Base" else 0.0,
+                    "prune_ratio": cfg.prune_ratio if variant == "CA_Pruned" else None,
+                }
+            )
+    return records
+
+
+def cpsca_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: int) -> list[dict[str, Any]]:
+    """The baseline and every method at every ratio, for one seed: the paper's grid or the ordering experiment."""
+    records = []
+    for arch in cfg.archs or (ARCHS["cpsca"] if cfg.budget == "paper" else (ORDERING_ARCH,)):
+        lam = SLIMMING_SPARSITY[arch] if cfg.sparsity is None else cfg.sparsity
+        if cfg.budget == "paper":
+            plain = runner.run(sched.cell(cfg, arch, None, seed), f"seed{seed}/{arch}_plain")
+            sources = {
+                "l1-norm": plain,
+                "bn-scale": runner.run(sched.cell(cfg, arch, None, seed, sparsity=lam), f"seed{seed}/{arch}_slimming"),
+                "se-attention": runner.run(sched.cell(cfg, arch, "se", seed), f"seed{seed}/{arch}_se"),
+                "sca-attention": runner.run(sched.cell(cfg, arch, "sca", seed), f"seed{seed}/{arch}_sca"),
+            }
+        else:
+            plain = runner.run(sched.cell(cfg, arch, "sca", seed, sparsity=lam), f"seed{seed}/{arch}_sca_sparse")
+            sources = dict.fromkeys(ORDERING_METHODS, plain)
+        base = {"row": f"{arch}/baseline", "arch": arch, "method": "baseline", "ratio": None, "seed": seed}
+        records.append({**base, "stage_dir": str(plain.dir / "base"), **plain.measure("train")})
+        for ratio in cfg.cpsca_ratios(arch):
+            for method, source in sources.items():
+                cell = runner.run(
+                    source.config.pruned(method, ratio), f"seed{seed}/{arch}_{method}_r{ratio:.2f}", source=source
+                )
+                records.append(
+                    {
+                        "row": f"{arch}/{method}/{ratio:.2f}",
+                        "arch": arch,
+                        "method": method,
+                        "ratio": ratio,
+                        "seed": seed,
+                        "stage_dir": str(cell.model_dir),
+                        "source_dir": str(source.dir / "base"),
+                        **cell.measure(),
+                        "sparsity": source.config.sparsity,
+                    }
+                )
+    baselines = {r["arch"]: r for r in records if r["method"] == "baseline"}
+    for r in records:
+        b = baselines[r["arch"]]
+        r["params_pruned"] = 1 - r["params"] / b["params"]
+        r["flops_pruned"] = 1 - r["flops"] / b["flops"]
+        r["acc_change_pp"] = 100 * (r["test_top1"] - b["test_top1"])
+    return records
+
+
+GRIDS = {"pacb": pacb_grid, "cpsca": cpsca_grid}
