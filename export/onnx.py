@@ -118,12 +118,16 @@ def export_onnx(
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session. With `threads`, its pool has that many threads that sleep when idle instead of
+    spinning: an interleaved bench keeps several sessions alive, and spinning pools would time each other."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -522,10 +522,11 @@ def demo(
     prune_ratio: Annotated[float, typer.Option(help="Global fraction of channels PACB removes.")] = 0.3,
     width_mult: Annotated[float, typer.Option(help="Width multiplier (1.0 = the papers' models).")] = 1.0,
     bench_runs: Annotated[int, typer.Option(help="Timed runs per artifact.")] = 100,
-    threads: Annotated[
-        int | None, typer.Option(help="Torch threads for training and the bench (default: all cores).")
+    threads: Annotated[int | None, typer.Option(help="Torch threads in all (default: all cores).")] = None,
+    jobs: Annotated[
+        int | None, typer.Option(help="Models trained and exported side by side (default: one per core).")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars (with one job).")] = True,
 ) -> None:
     """Run the main job end to end on the bundled digits data: train, prune, export, verify, bench."""
     from rich.table import Table
@@ -541,6 +542,7 @@ def demo(
         width_mult=width_mult,
         bench_runs=bench_runs,
         threads=threads,
+        jobs=jobs,
         progress=progress,
     )
     result = run_demo(cfg, log=lambda msg: err_console.print(f"[bold cyan]demo:[/] {msg}"))

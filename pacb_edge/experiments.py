@@ -39,7 +39,8 @@ class DemoConfig:
     calibration_images: int = 200
     bench_runs: int = 100
     bench_warmup: int = 10
-    threads: int | None = None
+    threads: int | None = None  # torch threads in all (default: all cores)
+    jobs: int | None = None  # cells trained side by side (default: one per core)
     progress: bool = True
 
 
@@ -66,74 +67,151 @@ def demo_cells(cfg: DemoConfig) -> list[tuple[str, str, CellConfig]]:
     return cells
 
 
+def _train_job(
+    out: str, cell: CellConfig, name: str, threads: int, progress: bool
+) -> tuple[str, dict[str, Any], float]:
+    """One demo cell in a worker process: (its folder, its metrics, seconds)."""
+    t0 = time.perf_counter()
+    done = CellRunner(Path(out), "pacb-edge demo", progress=progress, threads=threads).run(cell, name)
+    return str(done.dir), done.metrics, time.perf_counter() - t0
+
+
+def _export_job(ckpt: str, calibration_images: int, bundle: bool, threads: int) -> tuple[dict, dict, float]:
+    """ONNX and FP32 + INT8 TFLite of one checkpoint (and its Jetson bundle) in a worker process."""
+    from pacb_edge.export.api import export_checkpoint
+    from pacb_edge.pipeline import pin_threads
+
+    pin_threads(threads)
+    t0 = time.perf_counter()
+    out = Path(ckpt) / "export"
+    onnx_report = export_checkpoint(ckpt, ["onnx"], out_dir=out)
+    tfl_report = export_checkpoint(
+        ckpt, ["tflite"], precision="fp32,int8", out_dir=out, calibration_images=calibration_images, allow_drop=True
+    )
+    if bundle:
+        export_checkpoint(ckpt, ["trt"], out_dir=out, calibration_images=calibration_images)
+    return onnx_report, tfl_report, time.perf_counter() - t0
+
+
+def _in_parallel(jobs: int, calls: list[tuple[Callable[..., Any], tuple]], on_done: Callable[[int, Any], None]) -> None:
+    """Run `calls` (function, args) in `jobs` fresh worker processes (spawned: no torch/TF state is shared), or here
+    when `jobs` is 1; `on_done(index, result)` in completion order. A worker's error is raised here."""
+    if jobs <= 1:
+        for i, (fn, args) in enumerate(calls):
+            on_done(i, fn(*args))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # Longest first (the callers list them so), so the last job to finish is a short one.
+        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
+        for future in as_completed(futures):
+            on_done(futures[future], future.result())
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """The main job on the bundled digits data: train Base / Base+CA / Base+CA+Pruned for each arch, export each to
     ONNX and FP32 + INT8 TFLite (verified), bench everything on the host CPU, and make the Jetson bundles of the
-    pruned models. Writes `demo_results.{json,md}`, the bench reports and the plots under `cfg.out`."""
+    pruned models. Writes `demo_results.{json,md}`, the bench reports and the plots under `cfg.out`.
+
+    Small models on a CPU do not get faster with more threads, so the cells train (and the checkpoints export) in
+    `jobs` worker processes side by side, one thread each by default; each cell is seeded, so the numbers are the
+    same for the same seed, jobs and threads. The bench then runs alone, interleaved, on all threads."""
+    import os
+
     from pacb_edge.device_bench.bench import BenchOptions, run_bench, write_reports
-    from pacb_edge.export.api import export_checkpoint
+    from pacb_edge.pipeline import pin_threads
 
     out = ensure_dir(cfg.out)
     timings: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     artifacts: dict[tuple[str, str], dict[str, str]] = {}
     t_start = time.perf_counter()
-    from pacb_edge.pipeline import pin_threads
-
     threads = pin_threads(cfg.threads)
-    log(f"seed {cfg.seed}, {threads} torch thread{'s' if threads != 1 else ''} (training and bench)")
-    runner = CellRunner(out, "pacb-edge demo", progress=cfg.progress, threads=threads, log=log)
-    for arch, label, cell in demo_cells(cfg):
-        t0 = time.perf_counter()
-        done = runner.run(cell, f"{arch}_{label.lower()}")
-        timings[f"train {arch} {label}"] = time.perf_counter() - t0
-        stages = [(label, "base", done.metrics["stages"]["train"])]
-        if "finetune" in done.metrics["stages"]:
-            stages.append((f"{label}_Pruned", "pruned", done.metrics["stages"]["finetune"]))
-        for name, stage_dir, rec in stages:
-            ckpt = done.dir / stage_dir
-            log(f"export {arch} {name}")
-            t0 = time.perf_counter()
-            onnx_report = export_checkpoint(ckpt, ["onnx"], out_dir=ckpt / "export")
-            tfl_report = export_checkpoint(
-                ckpt,
-                ["tflite"],
-                precision="fp32,int8",
-                out_dir=ckpt / "export",
-                calibration_images=cfg.calibration_images,
-                allow_drop=True,
-            )
-            timings[f"export {arch} {name}"] = time.perf_counter() - t0
-            files = {
-                a["format"] + "_" + a["precision"]: a["path"]
-                for a in onnx_report["artifacts"] + tfl_report["artifacts"]
+    cells = demo_cells(cfg)
+    jobs = max(1, min(cfg.jobs or (os.cpu_count() or 1), len(cells)))
+    job_threads = max(1, threads // jobs)
+    log(
+        f"seed {cfg.seed}; {jobs} job{'s' if jobs > 1 else ''} x {job_threads} torch thread"
+        f"{'s' if job_threads > 1 else ''} for training and export, {threads} for the bench"
+    )
+    trained: dict[int, tuple[str, dict[str, Any]]] = {}
+
+    def trained_one(i: int, result: tuple[str, dict[str, Any], float]) -> None:
+        arch, label, _ = cells[i]
+        trained[i] = (result[0], result[1])
+        timings[f"train {arch} {label}"] = result[2]
+        log(f"trained {arch} {label}")
+
+    # The CA cells (train, prune, fine-tune) are the long ones: they go first, so the workers finish together.
+    cells = sorted(cells, key=lambda c: c[2].criterion is None)
+    log("train " + ", ".join(f"{arch} {label}" for arch, label, _ in cells))
+    t0 = time.perf_counter()
+    _in_parallel(
+        jobs,
+        [
+            (_train_job, (str(out), cell, f"{arch}_{label.lower()}", job_threads, cfg.progress and jobs == 1))
+            for arch, label, cell in cells
+        ],
+        trained_one,
+    )
+    timings["train (wall)"] = time.perf_counter() - t0
+    stages = []  # (arch, variant, checkpoint, record)
+    for i, (arch, label, _) in enumerate(cells):
+        cell_dir, metrics = trained[i]
+        stages.append((arch, label, Path(cell_dir) / "base", metrics["stages"]["train"]))
+        if "finetune" in metrics["stages"]:
+            stages.append((arch, f"{label}_Pruned", Path(cell_dir) / "pruned", metrics["stages"]["finetune"]))
+    exported: dict[int, tuple[dict, dict]] = {}
+
+    def exported_one(i: int, result: tuple[dict, dict, float]) -> None:
+        arch, name, _, _ = stages[i]
+        exported[i] = (result[0], result[1])
+        timings[f"export {arch} {name}"] = result[2]
+        log(f"exported {arch} {name}")
+
+    log("export " + ", ".join(f"{arch} {name}" for arch, name, _, _ in stages))
+    t0 = time.perf_counter()
+    _in_parallel(
+        jobs,
+        [
+            (_export_job, (str(ckpt), cfg.calibration_images, name.endswith("_Pruned"), job_threads))
+            for _, name, ckpt, _ in stages
+        ],
+        exported_one,
+    )
+    timings["export (wall)"] = time.perf_counter() - t0
+    for i, (arch, name, ckpt, rec) in enumerate(stages):
+        onnx_report, tfl_report = exported[i]
+        files = {
+            a["format"] + "_" + a["precision"]: a["path"] for a in onnx_report["artifacts"] + tfl_report["artifacts"]
+        }
+        tfl = {a["precision"]: a["verification"] for a in tfl_report["artifacts"]}
+        artifacts[(arch, name)] = files
+        rows.append(
+            {
+                "arch": arch,
+                "variant": name,
+                "checkpoint": str(ckpt),
+                "test_top1": rec["test_top1"],
+                "params": rec["params"],
+                "macs": rec["macs"],
+                "flops": rec["flops"],
+                "int8_top1": tfl["int8"]["top1"],
+                "fp32_tflite_top1": tfl["fp32"]["top1"],
+                "int8_drop_pp": tfl["int8"].get("drop_vs_fp32_pp"),
+                "onnx_bytes": Path(files["onnx_fp32"]).stat().st_size,
+                "tflite_fp32_bytes": Path(files["tflite_fp32"]).stat().st_size,
+                "tflite_int8_bytes": Path(files["tflite_int8"]).stat().st_size,
+                "export_seconds": {
+                    a["format"] + "_" + a["precision"]: a["export_seconds"]
+                    for a in onnx_report["artifacts"] + tfl_report["artifacts"]
+                },
             }
-            tfl = {a["precision"]: a["verification"] for a in tfl_report["artifacts"]}
-            artifacts[(arch, name)] = files
-            rows.append(
-                {
-                    "arch": arch,
-                    "variant": name,
-                    "checkpoint": str(ckpt),
-                    "test_top1": rec["test_top1"],
-                    "params": rec["params"],
-                    "macs": rec["macs"],
-                    "flops": rec["flops"],
-                    "int8_top1": tfl["int8"]["top1"],
-                    "fp32_tflite_top1": tfl["fp32"]["top1"],
-                    "int8_drop_pp": tfl["int8"].get("drop_vs_fp32_pp"),
-                    "onnx_bytes": Path(files["onnx_fp32"]).stat().st_size,
-                    "tflite_fp32_bytes": Path(files["tflite_fp32"]).stat().st_size,
-                    "tflite_int8_bytes": Path(files["tflite_int8"]).stat().st_size,
-                    "export_seconds": {
-                        a["format"] + "_" + a["precision"]: a["export_seconds"]
-                        for a in onnx_report["artifacts"] + tfl_report["artifacts"]
-                    },
-                }
-            )
-            if name.endswith("_Pruned"):
-                log(f"jetson bundle {arch} {name}")
-                export_checkpoint(ckpt, ["trt"], out_dir=ckpt / "export", calibration_images=cfg.calibration_images)
+        )
+    variants = [label for label, _ in DEMO_VARIANTS] + [f"{label}_Pruned" for label, _ in DEMO_VARIANTS]
+    rows.sort(key=lambda r: (cfg.archs.index(r["arch"]), variants.index(r["variant"])))
     log("bench on the host CPU")
     t0 = time.perf_counter()
     bench_files = [
