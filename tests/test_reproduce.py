@@ -265,8 +265,18 @@ def test_transcribed_paper_numbers_are_consistent():
 
 
 def _demo_schedule() -> Schedule:
-    """A schedule with the demo's settings (DemoConfig's defaults; the cpu budget has its lr, batch and scheduler)."""
-    return dataclasses.replace(PACB_CPU, name="demo", epochs=6, finetune_epochs=3, width_mult=1.0, train_limit=None)
+    """A schedule with the demo's settings (DemoConfig's defaults; the cpu budget has its batch and scheduler)."""
+    demo = DemoConfig()
+    return dataclasses.replace(
+        PACB_CPU,
+        name="demo",
+        epochs=demo.epochs,
+        finetune_epochs=demo.finetune_epochs,
+        lr=demo.lr,
+        finetune_lr=demo.lr / 5,
+        width_mult=1.0,
+        train_limit=None,
+    )
 
 
 def test_demo_and_reproduce_cells_share_one_engine(tmp_path, monkeypatch):
