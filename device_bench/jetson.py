@@ -25,16 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from pacb_edge.errors import PacbEdgeError
+from pacb_edge.export.tensorrt import (
+    HARNESS_DIR,  # noqa: F401 - part of this module's interface (the folder the harness runs from)
+    PRECISIONS,
+    BundleSession,
+    check_bundle,
+    last_line,
+    one_line,
+    parse_harness_output,
+    upload_plan,
+)
 
 from .record import ACCURACY_DEVICE, STATUS_FAILED, STATUS_OK, BenchResult
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrt", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "int8")
 FORMAT_OF_BACKEND = {"tensorrt": "trt", "onnxruntime": "onnx"}
-HARNESS_DIR = "jetson"  # as export.tensorrt.HARNESS_DIR (not imported at module level: that module imports numpy)
-_MAX_ERROR_CHARS = 500
 
 
 class JetsonRunner:
@@ -76,8 +83,6 @@ class JetsonRunner:
             raise PacbEdgeError(f"threads must be at least 1, got {threads}")
         if eval_limit is not None and int(eval_limit) < 0:
             raise PacbEdgeError(f"eval_limit must be >= 0, got {eval_limit}")
-        from pacb_edge.export.tensorrt import BundleSession
-
         self.session = BundleSession(
             host,
             port=port,
@@ -128,16 +133,12 @@ class JetsonRunner:
 
     def upload_plan(self, bundle_dir: str | Path) -> dict[str, Path]:
         """What is copied: every bundle file but device-built engines, with the installed harness in `jetson/`."""
-        from pacb_edge.export.tensorrt import upload_plan
-
         return upload_plan(bundle_dir)
 
     # running
 
     def run(self, bundle_dir: str | Path) -> BenchResult:
         """Bench one bundle; a harness failure is a failed record, a connection failure a `PacbEdgeError`."""
-        from pacb_edge.export.tensorrt import check_bundle
-
         bundle = check_bundle(bundle_dir)
         if self.target is not None:
             log.info("benching %s on %s", bundle, self.target.host)
@@ -147,7 +148,7 @@ class JetsonRunner:
             run = self.session.run_harness(bundle, self.bench_args())
         except PacbEdgeError as e:
             rec = self._empty(bundle)
-            rec.status, rec.error = STATUS_FAILED, _one_line(str(e))
+            rec.status, rec.error = STATUS_FAILED, one_line(str(e))
             rec.extra["host"] = None
             return rec
         return self._record(bundle, run.returncode, run.stdout, run.stderr, run.where)
@@ -158,7 +159,7 @@ class JetsonRunner:
             return self.run(bundle_dir)
         except PacbEdgeError as e:
             rec = self._empty(bundle_dir)
-            rec.status, rec.error = STATUS_FAILED, _one_line(str(e))
+            rec.status, rec.error = STATUS_FAILED, one_line(str(e))
             return rec
 
     # the record
@@ -177,17 +178,15 @@ class JetsonRunner:
 
     def _record(self, bundle: Path, returncode: int, stdout: str, stderr: str, where: dict[str, Any]) -> BenchResult:
         """The `BenchResult` of one harness run from its exit code and its last stdout line."""
-        from pacb_edge.export.tensorrt import parse_harness_output
-
         rec = self._empty(bundle)
         rec.extra.update(where)
         rec.extra["harness_exit_code"] = returncode
         try:
             result = parse_harness_output(stdout or "")
         except PacbEdgeError as e:
-            detail = _last_line(stderr) or str(e)
+            detail = last_line(stderr) or str(e)
             rec.status = STATUS_FAILED
-            rec.error = _one_line(f"Jetson harness exited with {returncode} and printed no result: {detail}")
+            rec.error = one_line(f"Jetson harness exited with {returncode} and printed no result: {detail}")
             return rec
         rec.runner = result.get("runner") or self.backend
         rec.precision = result.get("precision") or self.precision
@@ -207,18 +206,5 @@ class JetsonRunner:
             rec.status = STATUS_OK
         else:
             rec.status = STATUS_FAILED
-            rec.error = _one_line(
-                result.get("error") or _last_line(stderr) or f"Jetson harness exited with {returncode}"
-            )
+            rec.error = one_line(result.get("error") or last_line(stderr) or f"Jetson harness exited with {returncode}")
         return rec
-
-
-def _last_line(text: str | None) -> str:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def _one_line(message: str) -> str:
-    """A message on one line, cut to a readable length (a harness error can carry a multi-line native message)."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."

@@ -289,11 +289,11 @@ def harness_result(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
     try:
         result = parse_harness_output(stdout or "")
     except PacbEdgeError as e:
-        detail = _last_line(stderr) or str(e)
+        detail = last_line(stderr) or str(e)
         message = f"Jetson harness exited with {returncode} and printed no result: {detail}"
         raise PacbEdgeError(one_line(message)) from None
     if returncode != 0 or result.get("status") != "ok":
-        why = result.get("error") or _last_line(stderr) or f"exit {returncode}"
+        why = result.get("error") or last_line(stderr) or f"exit {returncode}"
         raise PacbEdgeError(one_line(f"Jetson harness failed: {why}"))
     return result
 
@@ -357,6 +357,7 @@ def one_line(message: str) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
 
 
-def _last_line(text: str | None) -> str:
+def last_line(text: str | None) -> str:
+    """The last non-empty line of `text`, stripped ("" when none)."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
