@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from sshd_fixture import sshd  # noqa: F401 - the real-sshd fixture of the Jetson tests
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
 HOST_ALIAS = "jetson-test"
@@ -183,3 +185,13 @@ class SSHServer:
         )
         path.chmod(0o600)
         return path
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 for one test module (skipped, with the reason, where sshd is absent)."""
+    reason = sshd_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with SSHServer(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from sshd_fixture import HOST_ALIAS, SSHServer, sshd_missing_reason
+from sshd_fixture import HOST_ALIAS, sshd_missing_reason
 from test_jetson_ssh import NUM_TEST, _make_bundle, remote_folder
 
 from pacb_edge.device_bench.jetson import JetsonRunner
@@ -44,15 +44,6 @@ def _load_module(name: str):
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> tuple[Path, float]:
     return _make_bundle(tmp_path_factory.mktemp("cache_bundle"))
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    reason = sshd_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with SSHServer(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 def _runner(sshd, remote_dir: Path, **kw) -> JetsonRunner:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sshd_fixture import HOST_ALIAS, SSHServer, free_port, keygen, sshd_missing_reason
+from sshd_fixture import HOST_ALIAS, free_port, keygen, sshd_missing_reason
 
 from pacb_edge.device_bench import jetson as jetson_mod
 from pacb_edge.device_bench.jetson import JetsonRunner
@@ -72,15 +72,6 @@ def _make_bundle(root: Path, name: str = "tiny_bundle") -> tuple[Path, float]:
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> tuple[Path, float]:
     return _make_bundle(tmp_path_factory.mktemp("jetson_bundle"))
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    reason = sshd_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with SSHServer(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 def remote_folder(bundle: Path, remote_dir: Path) -> Path:
