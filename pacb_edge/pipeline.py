@@ -141,6 +141,11 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
         stages = [s for s in stages if s not in ("prune", "finetune")]
     base_dir, pruned_dir = out / "base", out / "pruned"
 
+    def load_on_this_split(source):
+        """A checkpoint that this run trains, prunes or fine-tunes further: its spec records this run's split."""
+        model, spec = load_checkpoint(source, expect_num_classes=len(bundle.class_names))
+        return model, dataclasses.replace(spec, split=split_record)
+
     def save_metrics() -> None:
         if info.is_main:
             atomic_write_json(out / "metrics.json", metrics)
@@ -166,8 +171,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
             )
             model = create_model(spec.arch, **spec.model_kwargs())
             if opts.checkpoint is not None:
-                model, spec = load_checkpoint(opts.checkpoint, expect_num_classes=len(bundle.class_names))
-                spec = dataclasses.replace(spec, split=split_record)
+                model, spec = load_on_this_split(opts.checkpoint)
             model, history = fit(
                 model,
                 bundle.train,
@@ -196,8 +200,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
             from pacb_edge.prune import prune_model
 
             source = opts.checkpoint if (opts.stage == "prune" and opts.checkpoint) else base_dir
-            model, spec = load_checkpoint(source, expect_num_classes=len(bundle.class_names))
-            spec = dataclasses.replace(spec, split=split_record)
+            model, spec = load_on_this_split(source)
             images = bundle.calibration_images(min(opts.score_images, len(bundle.train)), seed=opts.train.seed)
             pruned, pruned_spec, report = prune_model(model, spec, opts.prune, score_images=images)
             save_checkpoint(pruned, pruned_spec, pruned_dir)
@@ -223,8 +226,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
             }
         elif stage == "finetune":
             source = opts.checkpoint if (opts.stage == "finetune" and opts.checkpoint) else pruned_dir
-            model, spec = load_checkpoint(source, expect_num_classes=len(bundle.class_names))
-            spec = dataclasses.replace(spec, split=split_record)
+            model, spec = load_on_this_split(source)
             model.train()
             model, history = fit(
                 model,
