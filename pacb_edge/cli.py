@@ -261,12 +261,13 @@ def _print_run_summary(metrics: dict[str, Any], out: Path) -> None:
 def _ssh_options(
     host: str | None, port: int | None, ssh_config: str | None, identity: str | None, remote_dir: str, python: str
 ) -> dict[str, Any]:
-    """The Jetson connection, as both `export --target trt --host` and `bench --device jetson` take it."""
+    """The Jetson connection, as both `export --target trt --host` and `bench --device jetson` take it (`SSHTarget`
+    expands `~` in the file paths)."""
     return {
         "host": host,
         "port": port,
-        "ssh_config": str(Path(ssh_config).expanduser()) if ssh_config else None,
-        "identity_file": str(Path(identity).expanduser()) if identity else None,
+        "ssh_config": ssh_config,
+        "identity_file": identity,
         "remote_dir": remote_dir,
         "python": python,
     }
