@@ -18,9 +18,13 @@ from typing import Any
 import numpy as np
 
 from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_json, ensure_dir
+from pacb_edge.fileio import atomic_write_bytes, atomic_write_json, ensure_dir
 
 REPORT_NAME = "export_report.json"
+INT8_REPORT_NAME = "model_int8_quant_report.json"  # beside model_int8.tflite, with a .png of the worst layers
+DEBUG_IMAGES = 64  # calibration images the per-layer INT8 report runs on
+BUDGET_VAL_IMAGES = 2000  # validation images (class-balanced) each mixed-precision candidate is judged on
+LATENCY_RUNS = 50  # interleaved timed runs of the mixed and the full-INT8 model
 
 
 class AccuracyDropError(PacbEdgeError):
@@ -57,6 +61,9 @@ class ExportContext:
     dynamic_batch: bool = False
     max_int8_drop: float = 1.0
     allow_drop: bool = False
+    int8_budget: float = 0.5
+    # Raw-pixel validation images and labels: mixed precision is chosen on them, never on the test split.
+    validation: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
     notes: list[str] = field(default_factory=list)
     model_facts: dict[str, Any] = field(default_factory=dict)
     ssh: dict[str, Any] = field(default_factory=dict)
@@ -130,8 +137,12 @@ def export_tflite_target(ctx: ExportContext, precisions: tuple[str, ...]) -> lis
     calibration = ctx.calibration() if "int8" in precisions else ctx.x_test[:1]
     calibration = pin_input_range(calibration, 0.0, 255.0)  # the INT8 input then takes pixels with scale 1
     onnx_path = ctx.onnx_file()
+    int8_record: dict[str, Any] = {}
+    choose = _int8_chooser(ctx, calibration, int8_record) if "int8" in precisions else None
     t0 = time.perf_counter()
-    files = convert_onnx_to_tflite(onnx_path, ctx.staging, calibration, precisions=precisions, stem="model")
+    files = convert_onnx_to_tflite(
+        onnx_path, ctx.staging, calibration, precisions=precisions, stem="model", choose_int8=choose
+    )
     seconds = time.perf_counter() - t0
     results = []
     for precision in precisions:
@@ -161,12 +172,16 @@ def export_tflite_target(ctx: ExportContext, precisions: tuple[str, ...]) -> lis
         )
     by_precision = {r["precision"]: r for r in results}
     if "int8" in by_precision:
-        int8 = by_precision["int8"]["verification"]
+        int8 = by_precision["int8"]
         fp32_top1 = by_precision["fp32"]["verification"]["top1"] if "fp32" in by_precision else ctx.torch_top1
-        int8["drop_vs_fp32_pp"] = 100 * (fp32_top1 - int8["top1"])
+        int8["verification"]["drop_vs_fp32_pp"] = 100 * (fp32_top1 - int8["verification"]["top1"])
+        int8["int8"] = _int8_summary(ctx, int8_record, int8["verification"], fp32_top1)
     for r in results:
         inp = r["io"]["input"]
         quant = {"scale": inp.get("scale"), "zero_point": inp.get("zero_point")} if r["precision"] == "int8" else {}
+        extra = {"export_seconds": r["export_seconds"], "model": ctx.model_facts}
+        if r["precision"] == "int8":
+            extra["int8_quantization"] = r["int8"]
         write_manifest(
             r["path"],
             fmt="tflite",
@@ -175,7 +190,7 @@ def export_tflite_target(ctx: ExportContext, precisions: tuple[str, ...]) -> lis
             output_info=r["io"]["output"],
             verification=r["verification"],
             tools=tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert"),
-            extra={"export_seconds": r["export_seconds"], "model": ctx.model_facts},
+            extra=extra,
             **_manifest_common(ctx),
         )
         r.pop("io")
@@ -191,6 +206,108 @@ def export_tflite_target(ctx: ExportContext, precisions: tuple[str, ...]) -> lis
             else:
                 ctx.notes.append(message + " — allowed by --allow-drop")
     return results
+
+
+def _int8_chooser(ctx: ExportContext, calibration_nchw: np.ndarray, record: dict[str, Any]):
+    """`convert_onnx_to_tflite`'s INT8 step: the per-layer report, then mixed precision to `ctx.int8_budget` on the
+    validation split. Fills `record` (layers, budget result, latency and test figures of full INT8); refuses with
+    one line when the budget cannot be met, unless `ctx.allow_drop`."""
+
+    def choose(calibration, work: Path) -> bytes:
+        import torch
+
+        from pacb_edge.export.onnx import torch_logits
+        from pacb_edge.export.tflite import evaluate_tflite, time_tflite
+        from pacb_edge.export.tflite_quant import fit_int8_budget
+
+        step = max(1, len(calibration_nchw) // DEBUG_IMAGES)
+        debug = calibration_nchw[::step][:DEBUG_IMAGES].transpose(0, 2, 3, 1)
+        record["layers"] = calibration.layer_report(debug)
+        x_val, y_val = ctx.validation() if ctx.validation else (np.empty((0,)), np.empty((0,)))
+        if len(x_val) == 0:
+            ctx.notes.append("no validation images: INT8 is full INT8, --int8-budget was not checked")
+            return calibration.quantize()
+        x_val = x_val.astype(np.float32)
+        fp32_top1 = float((torch_logits(ctx.model, x_val).argmax(1) == y_val).mean())
+        result = fit_int8_budget(
+            calibration,
+            record["layers"],
+            lambda path: evaluate_tflite(path, x_val, y_val)["top1"],
+            fp32_top1,
+            ctx.int8_budget,
+            work,
+        )
+        record.update(result=result, val_n=int(len(x_val)), val_fp32_top1=fp32_top1)
+        if not result.met:
+            message = (
+                f"INT8 misses --int8-budget {ctx.int8_budget:.2f} pp on the validation split: the best of "
+                f"{len(result.steps)} tries drops {result.drop_pp:.2f} pp with {len(result.float_layers)} layer "
+                f"group(s) in float (full INT8: {result.full_int8_drop_pp:.2f} pp)"
+            )
+            if not ctx.allow_drop:
+                raise PacbEdgeError(message + "; pass --allow-drop to keep it")
+            ctx.notes.append(message + " — kept by --allow-drop")
+        if result.float_nodes:
+            mixed = atomic_write_bytes(work / "int8_mixed.tflite", result.model)
+            full = atomic_write_bytes(work / "int8_full.tflite", result.full_int8)
+            threads = torch.get_num_threads()
+            ms = time_tflite([mixed, full], num_threads=threads, runs=LATENCY_RUNS)
+            record["latency"] = {
+                "threads": threads,
+                "runs": LATENCY_RUNS,
+                "mixed_ms": ms[str(mixed)],
+                "full_int8_ms": ms[str(full)],
+                "ratio": ms[str(mixed)] / ms[str(full)],
+            }
+            record["full_int8_test_top1"] = evaluate_tflite(full, ctx.x_test, ctx.y_test)["top1"]
+        return result.model
+
+    return choose
+
+
+def _int8_summary(ctx: ExportContext, record: dict[str, Any], verification: dict[str, Any], fp32_top1: float):
+    """The INT8 file's quantization record for its manifest and the export report; writes the per-layer report
+    (JSON and PNG) beside it in the staging folder."""
+    from pacb_edge.export.tflite_quant import op_counts, write_quant_report
+
+    layers = record.get("layers") or []
+    result = record.get("result")
+    summary: dict[str, Any] = {
+        "report": INT8_REPORT_NAME,
+        "worst_layers": [
+            {k: r[k] for k in ("name", "op_type", "tensor_name", "channel_error", "rmse/scale")} for r in layers[:3]
+        ],
+        "budget_pp": ctx.int8_budget,
+    }
+    if result is not None:
+        full_test = record.get("full_int8_test_top1", verification["top1"])
+        summary.update(
+            met=result.met,
+            float_layers=result.float_layers,
+            float_nodes=result.float_nodes,
+            n_float_ops=len(result.float_nodes),
+            dequantize_ops=op_counts(result.model).get("DEQUANTIZE", 0),
+            full_int8_dequantize_ops=op_counts(result.full_int8).get("DEQUANTIZE", 0),
+            size_bytes=len(result.model),
+            full_int8_size_bytes=len(result.full_int8),
+            val={
+                "n": record["val_n"],
+                "fp32_top1": record["val_fp32_top1"],
+                "top1": result.val_top1,
+                "drop_pp": result.drop_pp,
+                "full_int8_drop_pp": result.full_int8_drop_pp,
+            },
+            test={
+                "top1": verification["top1"],
+                "drop_pp": verification["drop_vs_fp32_pp"],
+                "full_int8_top1": full_test,
+                "full_int8_drop_pp": 100 * (fp32_top1 - full_test),
+            },
+            latency=record.get("latency"),
+            steps=result.steps,
+        )
+    write_quant_report(ctx.staging / INT8_REPORT_NAME, layers, result, extra={"summary": summary})
+    return summary
 
 
 def export_trt_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -318,12 +435,13 @@ def export_checkpoint(
     targets: list[str],
     precision: str | None = None,
     out_dir: str | Path | None = None,
-    calibration_images: int = 200,
+    calibration_images: int = 300,
     opset: int = 17,
     trt_version: str = "8.2",
     dynamic_batch: bool = False,
     max_int8_drop: float = 1.0,
     allow_drop: bool = False,
+    int8_budget: float = 0.5,
     data_dir: str | None = None,
     eval_limit: int | None = None,
     ssh: dict[str, Any] | None = None,
@@ -331,8 +449,9 @@ def export_checkpoint(
     """Export a checkpoint to each target and verify every artifact; returns the report (also written as JSON).
 
     Verification uses the test split the checkpoint was trained with (`rebuild_dataset`). Every artifact takes raw
-    pixels. `ssh` (host, port, ssh_config, identity_file, remote_dir, python) sends a TensorRT bundle to a Jetson
-    to build and verify its engines there.
+    pixels. INT8 TFLite keeps the fewest layers in float that hold its validation-split drop to `int8_budget` pp
+    (a `PacbEdgeError`, and no file written, when it cannot, unless `allow_drop`). `ssh` (host, port, ssh_config,
+    identity_file, remote_dir, python) sends a TensorRT bundle to a Jetson to build and verify its engines there.
     """
     from pacb_edge.checkpoint import load_checkpoint, resolve_checkpoint
     from pacb_edge.data import rebuild_dataset
@@ -364,6 +483,12 @@ def export_checkpoint(
             raise PacbEdgeError("INT8 needs calibration data, but the training split is empty")
         return data.calibration_images(calibration_images, seed=0, raw=True).astype(np.float32)
 
+    def validation() -> tuple[np.ndarray, np.ndarray]:
+        from pacb_edge.data import balanced_choice
+
+        positions = balanced_choice(data.val.labels, BUDGET_VAL_IMAGES, seed=0) if len(data.val) else []
+        return data.val.arrays_at(np.asarray(positions, dtype=np.int64), raw=True)
+
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     ctx = ExportContext(
         checkpoint=weights,
@@ -380,6 +505,8 @@ def export_checkpoint(
         dynamic_batch=dynamic_batch,
         max_int8_drop=max_int8_drop,
         allow_drop=allow_drop,
+        int8_budget=int8_budget,
+        validation=validation,
         ssh=dict(ssh or {}),
         model_facts=model_facts,
     )
@@ -415,6 +542,24 @@ def export_checkpoint(
     if drops:
         raise AccuracyDropError(drops[0] + "; pass --allow-drop to accept it")
     return report
+
+
+def int8_line(name: str, q: dict) -> str:
+    """One line per INT8 file: its three worst layers, what was kept in float, and the validation drop."""
+    worst = ", ".join(
+        f"{w['name']} ({w['channel_error']:.2f})" if w.get("channel_error") is not None else w["name"]
+        for w in q.get("worst_layers", [])
+    )
+    line = f"{name}: worst INT8 layers {worst or '-'}"
+    if "val" in q:
+        kept = f"{q['n_float_ops']} op(s) in float" if q["n_float_ops"] else "full INT8"
+        line += (
+            f"; {kept}, validation drop {q['val']['drop_pp']:.2f} pp (full INT8 {q['val']['full_int8_drop_pp']:.2f}, "
+            f"budget {q['budget_pp']:.2f})"
+        )
+        if q.get("latency"):
+            line += f", latency x{q['latency']['ratio']:.2f} of full INT8"
+    return line
 
 
 def _relocate(path: Path, staging: Path, out: Path) -> Path:

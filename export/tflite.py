@@ -1,9 +1,10 @@
-"""TFLite export: ONNX → onnx2tf → FP32, FP16 and full-INT8 `.tflite`, calibrated on the user's own images only,
-and host-side evaluation with the LiteRT interpreter.
+"""TFLite export: ONNX → onnx2tf → FP32 and FP16 `.tflite` plus a SavedModel, which TFLite's converter (with its
+quantization debugger, `tflite_quant`) turns into INT8 calibrated on the user's own images only; and host-side
+evaluation with the LiteRT interpreter.
 
 onnx2tf is run offline in a fresh working folder: the sample file it would otherwise download (20 COCO images) is
-written there from our calibration images first, our images are also passed explicitly as its calibration data, and
-its download function is swapped for one that can only read that local file.
+written there from our calibration images first, our images are also passed explicitly as its input data, and its
+download function is swapped for one that can only read that local file.
 """
 
 from __future__ import annotations
@@ -15,24 +16,24 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pacb_edge.errors import PacbEdgeError
 from pacb_edge.fileio import atomic_write_bytes, ensure_dir
 
+if TYPE_CHECKING:
+    from pacb_edge.export.tflite_quant import Int8Calibration
+
 PRECISIONS = ("fp32", "fp16", "int8")
 # The file onnx2tf reads from its working folder instead of downloading 20 MS-COCO images.
 ONNX2TF_SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
-# What onnx2tf 1.28 names its outputs for an input file called `model.onnx`.
-ONNX2TF_OUTPUTS = {
-    "fp32": "model_float32.tflite",
-    "fp16": "model_float16.tflite",
-    "int8": "model_full_integer_quant.tflite",
-}
+# What onnx2tf 1.28 names its outputs for an input file called `model.onnx` (INT8 is made here, from its SavedModel).
+ONNX2TF_OUTPUTS = {"fp32": "model_float32.tflite", "fp16": "model_float16.tflite"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -42,13 +43,15 @@ def convert_onnx_to_tflite(
     calibration_images: np.ndarray,
     precisions: Sequence[str] = PRECISIONS,
     stem: str = "model",
+    choose_int8: Callable[[Int8Calibration, Path], bytes] | None = None,
 ) -> dict[str, Path]:
     """Convert a batch-1 NCHW float32 ONNX file to TFLite with onnx2tf, offline.
 
     INT8 is full-integer (int8 input and output, per-channel weights) and calibrated on `calibration_images`
-    (float32 N×C×H×W, normalized exactly as for inference) and nothing else. Writes `{stem}_{precision}.tflite` into
-    `out_dir` atomically and returns them by precision; on failure raises a one-line `PacbEdgeError` and leaves no
-    `.tflite` of this call behind.
+    (float32 N×C×H×W, exactly as the model takes them) and nothing else, once; `choose_int8(calibration, work_dir)`
+    may return other INT8 bytes from that calibration (e.g. mixed precision, `tflite_quant.fit_int8_budget`), the
+    default is full INT8. Writes `{stem}_{precision}.tflite` into `out_dir` atomically and returns them by
+    precision; on failure raises a one-line `PacbEdgeError` and leaves no `.tflite` of this call behind.
     """
     precisions = tuple(dict.fromkeys(precisions))
     unknown = [p for p in precisions if p not in PRECISIONS]
@@ -80,14 +83,12 @@ def convert_onnx_to_tflite(
         kwargs = {
             "input_onnx_file_path": str(model_onnx),
             "output_folder_path": str(work / "saved_model"),
-            "output_integer_quantized_tflite": "int8" in precisions,
-            "quant_type": "per-channel",
+            # A SavedModel with its signature for TFLite's converter; no `-oiqt` (and none of its int16 variants).
+            "output_signaturedefs": True,
             "custom_input_op_name_np_data_path": [[input_name, str(calibration_npy), 0.0, 1.0]],
-            "input_quant_dtype": "int8",
-            "output_quant_dtype": "int8",
             "not_use_onnxsim": True,
             "param_replacement_file": str(work / "param_replacement.json"),
-            "verbosity": "warn",  # captured to a log; warnings carry the reason when an INT8 conversion fails
+            "verbosity": "warn",  # captured to a log; warnings carry the reason when a conversion fails
         }
         if dynamic_batch:
             kwargs["batch_size"] = 1  # TFLite for the phone is batch 1
@@ -99,8 +100,10 @@ def convert_onnx_to_tflite(
         except (Exception, SystemExit) as e:  # onnx2tf calls sys.exit(1) on some errors
             raise PacbEdgeError(_failure_message(onnx_path, model_onnx, e, _read_log(log))) from None
 
-        produced = {p: work / "saved_model" / ONNX2TF_OUTPUTS[p] for p in precisions}
+        produced = {p: work / "saved_model" / ONNX2TF_OUTPUTS[p] for p in precisions if p in ONNX2TF_OUTPUTS}
         missing = [p for p, f in produced.items() if not f.is_file()]
+        if "int8" in precisions and not (work / "saved_model" / "saved_model.pb").is_file():
+            missing.append("int8")
         if missing:
             text = _read_log(log)
             detail = _first_error_line(text) or _last_exception_line(text)
@@ -108,15 +111,40 @@ def convert_onnx_to_tflite(
                 f"onnx2tf produced no {'/'.join(missing)} TFLite file for {onnx_path.name}"
                 + (f": {detail}" if detail else "")
             )
+        data = {p: f.read_bytes() for p, f in produced.items()}
+        if "int8" in precisions:
+            data["int8"] = _quantize_int8(work, calibration_nhwc, choose_int8, onnx_path.name)
         written: dict[str, Path] = {}
         try:
-            for precision, src in produced.items():
-                written[precision] = atomic_write_bytes(out_dir / f"{stem}_{precision}.tflite", src.read_bytes())
+            for precision in precisions:
+                written[precision] = atomic_write_bytes(out_dir / f"{stem}_{precision}.tflite", data[precision])
         except BaseException:
             for path in written.values():
                 path.unlink(missing_ok=True)
             raise
     return written
+
+
+def time_tflite(
+    paths: Sequence[str | Path], num_threads: int | None = None, runs: int = 50, warmup: int = 5
+) -> dict[str, float]:
+    """Per-image p50 latency (ms, batch 1) of each `.tflite` file on the host, runs interleaved A B A B.
+
+    Every file gets the same thread count and a zero input of its own type; returns {path: p50 ms}.
+    """
+    interpreters = [_interpreter(p, num_threads) for p in paths]
+    for interpreter in interpreters:
+        inp = interpreter.get_input_details()[0]
+        interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
+        for _ in range(warmup):
+            interpreter.invoke()
+    times: list[list[float]] = [[] for _ in interpreters]
+    for _ in range(runs):
+        for i, interpreter in enumerate(interpreters):
+            t0 = time.perf_counter()
+            interpreter.invoke()
+            times[i].append(1000 * (time.perf_counter() - t0))
+    return {str(p): float(np.median(t)) for p, t in zip(paths, times, strict=True)}
 
 
 def pin_input_range(images: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -331,6 +359,27 @@ def _run_onnx2tf(kwargs: dict[str, Any], work: Path, log: Path) -> None:
             import tf_keras
 
             tf_keras.backend.clear_session()
+
+
+def _quantize_int8(
+    work: Path,
+    calibration_nhwc: np.ndarray,
+    choose_int8: Callable[[Int8Calibration, Path], bytes] | None,
+    onnx_name: str,
+) -> bytes:
+    """Calibrate onnx2tf's SavedModel once and return the INT8 bytes (`choose_int8`'s, or full INT8)."""
+    from pacb_edge.export.tflite_quant import Int8Calibration
+
+    log = work / "int8.log"
+    try:
+        with _captured_output(log):  # TensorFlow's converter logs to the C-level stderr
+            calibration = Int8Calibration(work / "saved_model", calibration_nhwc)
+            return choose_int8(calibration, work) if choose_int8 else calibration.quantize()
+    except PacbEdgeError:
+        raise
+    except Exception as e:
+        detail = _last_exception_line(_read_log(log)) or _one_line(e)
+        raise PacbEdgeError(f"INT8 quantization of {onnx_name} failed: {detail}") from None
 
 
 def _read_log(log: Path) -> str:

@@ -314,7 +314,7 @@ def export(
         str | None,
         typer.Option(help="fp32, fp16 or int8 (comma-separated; default: onnx fp32, tflite all three, trt fp16)."),
     ] = None,
-    calibration_images: Annotated[int, typer.Option(help="Real training images for INT8 calibration.")] = 200,
+    calibration_images: Annotated[int, typer.Option(help="Class-balanced training images for INT8 calibration.")] = 300,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: next to the checkpoint).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (trt: capped at the --trt version's highest).")] = 17,
     trt: Annotated[
@@ -322,7 +322,10 @@ def export(
     ] = "8.2",
     dynamic_batch: Annotated[bool, typer.Option(help="ONNX with a dynamic batch axis.")] = False,
     max_int8_drop: Annotated[float, typer.Option(help="Fail when INT8 loses more top-1 (pp) than this.")] = 1.0,
-    allow_drop: Annotated[bool, typer.Option(help="Keep going when INT8 loses more than --max-int8-drop.")] = False,
+    allow_drop: Annotated[bool, typer.Option(help="Keep INT8 past --max-int8-drop or --int8-budget.")] = False,
+    int8_budget: Annotated[
+        float, typer.Option(metavar="PP", help="INT8: fewest float layers that keep the validation drop <= PP.")
+    ] = 0.5,
     data_dir: Annotated[str | None, typer.Option(help="Dataset folder, for verification on real test images.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Verify on the first N test images only.")] = None,
     host: Annotated[
@@ -339,7 +342,7 @@ def export(
     """Export a checkpoint to ONNX, TensorRT or INT8 TFLite, each verified against PyTorch on real test images."""
     from rich.table import Table
 
-    from pacb_edge.export.api import export_checkpoint
+    from pacb_edge.export.api import export_checkpoint, int8_line
 
     report = export_checkpoint(
         checkpoint,
@@ -352,6 +355,7 @@ def export(
         dynamic_batch=dynamic_batch,
         max_int8_drop=max_int8_drop,
         allow_drop=allow_drop,
+        int8_budget=int8_budget,
         data_dir=data_dir,
         eval_limit=eval_limit,
         ssh=_ssh_options(host, port, ssh_config, identity, remote_dir, python) if host else None,
@@ -372,6 +376,9 @@ def export(
             f"{a['export_seconds']:.1f}",
         )
     console.print(table)
+    for a in report["artifacts"]:
+        if a.get("int8"):
+            console.print(int8_line(Path(a["path"]).name, a["int8"]), highlight=False, soft_wrap=True)
     for note in report["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report: {Path(report['out_dir']) / 'export_report.json'}")

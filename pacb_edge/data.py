@@ -56,6 +56,9 @@ from pacb_edge.data_sources import (  # noqa: F401 - the dataset facts are part 
 )
 from pacb_edge.errors import PacbEdgeError
 
+# INT8 calibration images by default: enough per class for stable activation ranges (30 per class at 10 classes).
+CALIBRATION_IMAGES = 300
+
 # Preprocessing and the split datasets
 
 
@@ -215,16 +218,21 @@ class DataBundle:
         n = len(ds) if limit is None else min(max(int(limit), 0), len(ds))
         return ds.arrays_at(np.arange(n), raw=raw)
 
-    def calibration_images(self, n: int, seed: int = 0, raw: bool = False) -> np.ndarray:
-        """`n` real train images (all of them if the split is smaller), seeded and balanced over classes.
+    def calibration_positions(self, n: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:
+        """Positions in the train split of `n` calibration images (all of them if the split is smaller), seeded
+        and drawn evenly over the classes: round-robin, so class counts differ by at most one where every class
+        has enough images."""
+        if n < 1:
+            raise PacbEdgeError(f"calibration needs at least 1 image, got {n}")
+        return balanced_choice(self.train.labels, n, seed)
+
+    def calibration_images(self, n: int = CALIBRATION_IMAGES, seed: int = 0, raw: bool = False) -> np.ndarray:
+        """`n` real train images at `calibration_positions(n, seed)` (all of them if the split is smaller).
 
         Returns N x C x H x W with the inference preprocessing (float32 normalized, or uint8 pixels with `raw`),
         for INT8 calibration on real data.
         """
-        if n < 1:
-            raise PacbEdgeError(f"calibration needs at least 1 image, got {n}")
-        positions = balanced_choice(self.train.labels, n, seed)
-        return self.train.arrays_at(positions, raw=raw)[0]
+        return self.train.arrays_at(self.calibration_positions(n, seed), raw=raw)[0]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ class DemoConfig:
     sparsity: float = 1e-4
     prune_ratio: float = 0.3
     limit: int | None = None
-    calibration_images: int = 200
+    calibration_images: int = 300
     bench_runs: int = 100
     bench_warmup: int = 10
     threads: int | None = None  # torch threads in all (default: all cores)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from pacb_edge.fileio import atomic_write_with
@@ -76,4 +76,29 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
+    return _save(fig, path)
+
+
+def plot_layer_errors(
+    names: Sequence[str],
+    values: Sequence[float],
+    path: str | Path,
+    xlabel: str = "error",
+    title: str = "",
+    marked: Collection[str] = (),
+) -> Path:
+    """Horizontal bars of one error value per layer, first name at the top; `marked` layers are drawn in orange."""
+    plt = _pyplot()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.3 * n + 1.0)))
+    colors = ["tab:orange" if name in marked else "tab:blue" for name in names]
+    ax.barh(range(n), list(values), color=colors)
+    ax.set_yticks(range(n), labels=list(names), fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title or "per-layer error")
+    if marked:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color="tab:orange", label="kept in float")], fontsize=7, loc="lower right")
     return _save(fig, path)

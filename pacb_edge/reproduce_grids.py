@@ -68,7 +68,7 @@ class Schedule:
     score_images: int = 10**9  # training images the attention criteria average over: all of them, as CPSCA
     bench_warmup: int = 20
     bench_runs: int = 100
-    calibration_images: int = 200
+    calibration_images: int = 300
     seeds: int = 1  # the default number of seeds
 
     def cell(self, cfg: ReproduceConfig, arch: str, attention: str | None, seed: int, **kw: Any) -> CellConfig:
