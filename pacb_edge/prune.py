@@ -1,9 +1,9 @@
 """Structural channel pruning: pluggable importance criteria, surgery by Torch-Pruning's dependency graph.
 
 Each criterion is one class with one job, scoring the channels of a Torch-Pruning group (`__call__(group)` returns one
-score per channel); the surgery — residual adds, depthwise convs, attention gates — is Torch-Pruning's. Selection is
-Network Slimming's: one global threshold over all prunable channels (by ratio or absolute value), with per-layer
-ratios, a minimum channel count and hardware-friendly rounding on top.
+score per channel). Ranking (one global threshold, Network Slimming's, or per layer), per-layer ratios, rounding,
+ignored layers and the surgery — residual adds, depthwise convs, attention gates — are Torch-Pruning's pruner; a
+minimum channel count and exact ratio counts are ours on top (`ChannelPruner`).
 
 Criteria:
 - `bn-scale`: |gamma| of BatchNorm (PACB, Network Slimming), raw values so one threshold is global.
@@ -14,13 +14,15 @@ Criteria:
 - `random`: a control.
 
 Attention modules whose structure is not channel-prunable by a dependency graph (SCA's and SGE's channel groups)
-are always removed when a model is pruned; CA, SE, ECA, CBAM and LAM stay and are pruned with the channels they gate.
+are always removed when a model is pruned; CA, SE and ECA stay and are pruned with the channels they gate. CBAM and
+LAM are refused: their one-channel spatial gate, broadcast over every channel, defeats the dependency graph.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,8 @@ from torch import nn
 from pacb_edge.checkpoint import record_pruned_shapes, set_module
 from pacb_edge.errors import PacbEdgeError
 from pacb_edge.models.attention import (
+    CBAM,
+    LAM,
     ChannelAttentionBase,
     SpatialChannelAttention,
     SpatialGroupEnhance,
@@ -43,6 +47,9 @@ from pacb_edge.models.spec import ModelSpec
 
 # Attention types that are always removed before surgery (their channel groups do not survive channel removal).
 ALWAYS_REMOVED = (SpatialChannelAttention, SpatialGroupEnhance)
+# Attention types Torch-Pruning cannot prune through: the graph couples their (N, 1, H, W) spatial gate with every
+# channel it multiplies (CBAM: no group passes its check; LAM: the graph cannot even be built).
+UNPRUNABLE = (CBAM, LAM)
 
 
 class BNScaleCriterion(tp.importance.BNScaleImportance):
@@ -237,54 +244,114 @@ def remove_attention(model: nn.Module, kinds: Iterable[type]) -> list[str]:
     return names
 
 
-def _inside_attention(model: nn.Module) -> set[int]:
-    ids: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, ChannelAttentionBase):
-            ids.update(id(x) for x in m.modules())
-    return ids
+def _inside_attention(model: nn.Module) -> set[nn.Module]:
+    return {x for m in model.modules() if isinstance(m, ChannelAttentionBase) for x in m.modules()}
 
 
-def _keep_count(total: int, pruned: int, cfg: PruneConfig) -> int:
-    keep = max(total - pruned, min(cfg.min_channels, total))
-    if cfg.round_to > 1:
-        keep = min(total, int(np.ceil(keep / cfg.round_to)) * cfg.round_to)
-    return keep
+def _exact_ratio(removed: int, total: int) -> float:
+    """The ratio for which Torch-Pruning removes exactly `removed` of `total` channels.
 
-
-def _select(scored: list[tuple[str, torch.Tensor]], cfg: PruneConfig, scope: str) -> dict[str, list[int]]:
-    """Channel indices to remove per group root.
-
-    Ratio mode with global scope ranks every channel of every group in one order (ties broken by layer order, then
-    index) and marks the lowest `prune_ratio` fraction — Network Slimming's global threshold, right for scores that
-    are comparable across layers (BN gamma, attention in [0, 1]); with layer scope each layer loses `prune_ratio` of
-    its own channels (Li et al.'s filter L1 norms grow with fan-in, so they are not comparable across layers).
-    Threshold mode marks channels scoring below `prune_threshold`. Per-layer ratios override both for the layers
-    they name. Then each layer keeps at least `min_channels`, rounded up to a multiple of `round_to`, and loses its
-    lowest-scoring channels.
+    It keeps `int(total * (1 - ratio))`, which drops one channel too many when `total * ratio` is whole but the float
+    `1 - ratio` falls short (`1 - 0.8 == 0.19999999999999996`); half a channel of margin makes the count exact.
     """
-    marked: dict[str, int] = {name: 0 for name, _ in scored}
-    global_layers = [(name, s) for name, s in scored if name not in cfg.layer_ratios]
-    if cfg.prune_threshold is not None:
-        for name, s in global_layers:
-            marked[name] = int((s < cfg.prune_threshold).sum())
-    elif cfg.prune_ratio and scope == "layer":
-        for name, s in global_layers:
-            marked[name] = int(cfg.prune_ratio * len(s))
-    elif cfg.prune_ratio and global_layers:
-        pool = torch.cat([s for _, s in global_layers])
-        owner = torch.cat([torch.full((len(s),), i) for i, (_, s) in enumerate(global_layers)])
-        k = int(cfg.prune_ratio * len(pool))
-        for i in owner[torch.argsort(pool, stable=True)[:k]].tolist():
-            marked[global_layers[i][0]] += 1
-    for name, ratio in cfg.layer_ratios.items():
-        marked[name] = int(ratio * len(dict(scored)[name]))
-    plan: dict[str, list[int]] = {}
-    for name, scores in scored:
-        keep = _keep_count(len(scores), marked[name], cfg)
-        if keep < len(scores):
-            plan[name] = sorted(torch.argsort(scores, stable=True)[: len(scores) - keep].tolist())
-    return plan
+    return (removed - 0.5) / total if removed else 0.0
+
+
+class ChannelPruner(tp.pruner.BasePruner):
+    """Torch-Pruning's pruner (ranking scopes, per-layer ratios, ignored layers, the surgery) with the project's rules.
+
+    - A group is scored once, at its first conv outside the attention modules: a group found through an attention
+      gate (CA's conv_h, SE's fc2) is the same group, and groups purely inside attention (CA's mip) are not pruned.
+      `scores` maps each scored group's root conv to its channels' scores.
+    - A ratio of `layer_ratios` holds for the whole group of its conv (Torch-Pruning would take the ratio of the first
+      keyed conv it meets in the group), and every ratio removes exactly `int(ratio * N)` of N channels.
+    - Each layer keeps at least `min_channels`, rounded *up* to a multiple of `round_to`. Torch-Pruning rounds the
+      kept count down and has no minimum: `max_pruning_ratio` caps a scope's ratio, not what one layer loses to a
+      global ranking; a layer ranked out whole would be refused and keep every channel.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *args,
+        min_channels: int = 1,
+        layer_ratios: dict[nn.Module, float] | None = None,
+        **kwargs,
+    ) -> None:
+        self.min_channels = min_channels
+        self.layer_ratios = layer_ratios or {}
+        self.scores: dict[nn.Module, torch.Tensor] = {}
+        self._group_ratio: dict[nn.Module, float] = {}  # every conv of a group that holds a `layer_ratios` conv
+        self._attention = _inside_attention(model)
+        super().__init__(model, *args, **kwargs)
+
+    def _root(self, group) -> nn.Module | None:
+        """The group's first conv outside the attention modules, or None for a group purely inside attention."""
+        for dep, _ in group:
+            if dep.handler == tp.prune_conv_out_channels and dep.target.module not in self._attention:
+                return dep.target.module
+        return None
+
+    def estimate_importance(self, group) -> torch.Tensor | None:
+        root = self._root(group)
+        if root is not None and root not in self.scores:
+            convs = [dep.target.module for dep, _ in group if self.DG.is_out_channel_pruning_fn(dep.handler)]
+            own = [self.layer_ratios[m] for m in convs if m in self.layer_ratios]
+            if own:
+                self._group_ratio.update(dict.fromkeys(convs, own[0]))
+            if root is not group[0].dep.target.module:
+                group = self.DG.get_pruning_group(root, tp.prune_conv_out_channels, list(range(root.out_channels)))
+            scores = self.importance(group)
+            if scores is not None:
+                self.scores[root] = scores.detach().cpu()
+        return self.scores.get(root)
+
+    def get_target_pruning_ratio(self, module: nn.Module, step: int = -1) -> float:
+        ratio = self._group_ratio.get(module)
+        if ratio is None:
+            ratio = super().get_target_pruning_ratio(module, step)
+        channels = self.DG.get_out_channels(module)
+        return _exact_ratio(int(ratio * channels), channels)
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        keep = max(current_channels - n_pruned, min(self.min_channels, current_channels))
+        keep = min(current_channels, math.ceil(keep / round_to) * round_to)
+        return current_channels - keep
+
+    def rank_globally(self, ratio: float, threshold: float | None) -> None:
+        """Set up the global scope (the groups without a ratio of their own) to lose exactly `int(ratio * N)` of its N
+        channels, or exactly those scoring below `threshold`.
+
+        Scores become global ranks, ties broken by group order (Torch-Pruning's: the output side first) and then
+        channel index, as a stable sort does: Torch-Pruning removes every channel scoring `<=` the k-th lowest, so
+        all channels tied there would go.
+        """
+        roots = []
+        for group in self.DG.get_all_groups(self.ignored_layers, self.root_module_types):
+            # The groups Torch-Pruning ranks in its global scope (it skips those failing `_check_pruning_ratio`),
+            # scored in its order so that `random` draws the same numbers.
+            if not self._check_pruning_ratio(group) or self.estimate_importance(group) is None:
+                continue
+            if self._root(group) not in self._group_ratio:
+                roots.append(self._root(group))
+        if not roots:
+            return
+        pool = torch.cat([self.scores[m] for m in roots])
+        removed = int((pool < threshold).sum()) if threshold is not None else int(ratio * len(pool))
+        ranks = torch.empty(len(pool))
+        ranks[torch.argsort(pool, stable=True)] = torch.arange(len(pool), dtype=torch.float32)
+        self.scores.update(zip(roots, ranks.split([len(self.scores[m]) for m in roots]), strict=True))
+        self.per_step_pruning_ratio = self.iterative_pruning_ratio_scheduler(
+            _exact_ratio(removed, len(pool)), self.iterative_steps
+        )
+
+
+def _facts(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "params": count_params(model),
+        **count_flops(model, spec.input_size, spec.in_chans),
+        "widths": layer_widths(model),
+    }
 
 
 def prune_model(
@@ -293,20 +360,26 @@ def prune_model(
     cfg: PruneConfig,
     score_images: torch.Tensor | np.ndarray | None = None,
 ) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Structurally prune a copy of `model`. Returns (pruned model, its spec, report).
+    """Structurally prune a copy of `model` with Torch-Pruning's pruner. Returns (pruned model, its spec, report).
 
-    `score_images` (preprocessed training images) are needed by the attention criteria.
-    The report holds params, FLOPs, MACs and per-layer widths before and after.
+    Global scope ranks every channel of every group in one order and removes the lowest `prune_ratio` fraction —
+    Network Slimming's global threshold, right for scores comparable across layers (BN gamma, attention in [0, 1]);
+    layer scope removes `prune_ratio` of each layer's own channels (Li et al.'s filter L1 norms grow with fan-in, so
+    they are not comparable across layers). `prune_threshold` removes every channel scoring below it (one global
+    ranking); per-layer ratios override both for the convs they name. Of N channels a ratio removes `int(ratio * N)`.
+    `score_images` (preprocessed training images) are needed by the attention criteria. The report holds params,
+    FLOPs, MACs and per-layer widths before and after, and the channels the surgery really removed.
     """
     cfg.validate()
     criterion_cls = CRITERIA[cfg.criterion]
+    if any(isinstance(m, UNPRUNABLE) for m in model.modules()):
+        raise PacbEdgeError(
+            f"a model with attention={spec.attention!r} cannot be pruned: Torch-Pruning couples its one-channel "
+            "spatial gate with every channel; prune a model with ca, se, eca, sca, sge or no attention"
+        )
     model = copy.deepcopy(model).cpu().eval()
     example = torch.zeros(1, spec.in_chans, spec.input_size, spec.input_size)
-    before = {
-        "params": count_params(model),
-        **count_flops(model, spec.input_size, spec.in_chans),
-        "widths": layer_widths(model),
-    }
+    before = _facts(model, spec)
 
     if issubclass(criterion_cls, AttentionCriterion):
         kind = criterion_cls.needs_attention
@@ -319,63 +392,52 @@ def prune_model(
             raise PacbEdgeError(f"criterion {cfg.criterion} needs training images to average attention over")
         gated = _gated_batchnorms(model, example)
         per_module = mean_channel_attention(model, score_images, kind)
-        scores = {gated[m]: s for m, s in per_module.items() if m in gated}
-        importance = criterion_cls(scores)
+        importance = criterion_cls({gated[m]: s for m, s in per_module.items() if m in gated})
         removed = remove_attention(model, (kind, *ALWAYS_REMOVED))
     else:
         importance = criterion_cls(seed=cfg.seed) if criterion_cls is RandomCriterion else criterion_cls()
         removed = remove_attention(model, ALWAYS_REMOVED)
 
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    in_attention = _inside_attention(model)
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m not in in_attention}
     ignored: list[nn.Module] = []
     if cfg.protect_stem and convs:
-        ignored.append(convs[0])
+        ignored.append(next(iter(convs.values())))
     if cfg.protect_classifier:
         ignored.extend(m for m in model.modules() if isinstance(m, nn.Linear))
-    in_attention = _inside_attention(model)
-    names = {m: n for n, m in model.named_modules()}
-
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-    scored: list[tuple[str, torch.Tensor]] = []
-    roots: dict[str, nn.Module] = {}
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
-        # Root each group at its first conv outside the attention modules: a group found through an attention gate
-        # (CA's conv_h, SE's fc2) is the same group, and groups purely inside attention (CA's mip) are skipped.
-        main = [
-            dep.target.module
-            for dep, _ in group
-            if dep.handler == tp.prune_conv_out_channels and id(dep.target.module) not in in_attention
-        ]
-        if not main:
-            continue
-        root = main[0]
-        group = graph.get_pruning_group(root, tp.prune_conv_out_channels, list(range(root.out_channels)))
-        scores = importance(group)
-        if scores is None:
-            continue
-        scored.append((names[root], scores.detach().cpu()))
-        roots[names[root]] = root
-    unknown = set(cfg.layer_ratios) - set(roots)
+    unknown = [n for n in cfg.layer_ratios if n not in convs or convs[n] in ignored]
     if unknown:
-        raise PacbEdgeError(f"per-layer ratios name layers that are not prunable group roots: {sorted(unknown)[:5]}")
+        raise PacbEdgeError(f"per-layer ratios name convs that are not prunable: {sorted(unknown)[:5]}")
 
-    plan = _select(scored, cfg, cfg.scope or criterion_cls.scope)
-    for name, idxs in plan.items():
-        group = graph.get_pruning_group(roots[name], tp.prune_conv_out_channels, idxs)
-        if graph.check_pruning_group(group):
-            group.prune()
+    scope = cfg.scope or criterion_cls.scope
+    global_ranking = scope == "global" or cfg.prune_threshold is not None
+    layer_ratios = {convs[n]: r for n, r in cfg.layer_ratios.items()}
+    # Torch-Pruning's per-layer ratios are ranking scopes of their own: layer scope gives every conv one.
+    ratios = {} if global_ranking else {m: cfg.prune_ratio or 0.0 for m in convs.values() if m not in ignored}
+    pruner = ChannelPruner(
+        model,
+        example,
+        importance,
+        global_pruning=global_ranking,
+        pruning_ratio=0.0,  # the global scope's is set by `rank_globally`
+        pruning_ratio_dict=ratios | layer_ratios,
+        ignored_layers=ignored,
+        round_to=cfg.round_to,
+        root_module_types=[nn.Conv2d],
+        min_channels=cfg.min_channels,
+        layer_ratios=layer_ratios,
+    )
+    if global_ranking:
+        pruner.rank_globally(cfg.prune_ratio or 0.0, cfg.prune_threshold)
+    pruner.step()
 
     new_spec = record_pruned_shapes(model, spec, removed)
-    after = {
-        "params": count_params(model),
-        **count_flops(model, spec.input_size, spec.in_chans),
-        "widths": layer_widths(model),
-    }
-    prunable = sum(len(s) for _, s in scored)
-    removed_channels = sum(len(v) for v in plan.values())
+    after = _facts(model, spec)
+    prunable = sum(len(s) for s in pruner.scores.values())
+    removed_channels = sum(len(s) - root.out_channels for root, s in pruner.scores.items())  # what surgery removed
     report = {
         "criterion": cfg.criterion,
-        "scope": cfg.scope or criterion_cls.scope,
+        "scope": scope,
         "config": dataclasses.asdict(cfg),
         "before": before,
         "after": after,

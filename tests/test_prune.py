@@ -113,6 +113,50 @@ def test_per_layer_ratio_and_threshold():
         model, spec, PruneConfig(criterion="bn-scale", prune_ratio=None, prune_threshold=0.5)
     )
     assert 0 < report["removed_channels"] < report["prunable_channels"]
+    # A per-layer ratio wins for its conv's whole group, here with the depthwise conv and CA gate it feeds.
+    model, spec = _model("mobilenetv3_large", "ca")
+    cfg = PruneConfig(criterion="l1-norm", prune_ratio=0.3, layer_ratios={"features.2.block.0.0": 0.5})
+    _, _, report = prune_model(model, spec, cfg)
+    assert report["after"]["widths"]["features.2.block.1.0"] == report["before"]["widths"]["features.2.block.1.0"] // 2
+
+
+def test_counts_are_exact_and_the_report_counts_what_surgery_removed():
+    model, spec = _model("vgg16", "none")  # every conv is its own group; the stem conv is protected
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][1:]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][1:]
+    # Global: int(0.8 * N). Torch-Pruning alone keeps int(N * (1 - 0.8)): for this N one channel fewer (float 1 - 0.8).
+    _, _, report = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.8, min_channels=1))
+    before, after = report["before"]["widths"], report["after"]["widths"]
+    assert report["prunable_channels"] == sum(before[n] for n in convs) and report["prunable_channels"] % 5 == 0
+    assert report["removed_channels"] == int(0.8 * report["prunable_channels"])
+    assert report["removed_channels"] == sum(before[n] - after[n] for n in convs)
+    # Layer scope: each conv loses int(0.3 * its width).
+    _, _, report = prune_model(model, spec, PruneConfig(criterion="l1-norm", prune_ratio=0.3))
+    assert all(report["after"]["widths"][n] == w - int(0.3 * w) for n, w in before.items() if n in convs)
+    # Threshold: exactly the channels scoring below it.
+    _, _, report = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=None, prune_threshold=0.5))
+    assert report["removed_channels"] == sum(int((bn.weight < 0.5).sum()) for bn in bns)
+
+
+def test_ties_at_the_global_threshold_are_broken_in_group_order():
+    model, spec = _model("vgg16", "none")
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = (torch.arange(m.num_features) % 4 + 1) / 4  # a quarter each of 0.25, 0.5, 0.75, 1
+    _, _, report = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.3))
+    # Not all channels tied at the threshold (0.5), which would be half of them: the first in Torch-Pruning's group
+    # order (the output side first) go.
+    assert report["removed_channels"] == int(0.3 * report["prunable_channels"])
+    widths = [w for n, w in report["after"]["widths"].items() if n.startswith("features")][1:]
+    before = [w for n, w in report["before"]["widths"].items() if n.startswith("features")][1:]
+    assert widths[-1] == before[-1] // 2 and widths[0] == before[0] * 3 // 4
+
+
+@pytest.mark.parametrize("attention", ["cbam", "lam"])
+def test_attention_with_a_spatial_gate_is_refused(attention):
+    model, spec = _model("vgg16", attention)
+    with pytest.raises(PacbEdgeError, match="cannot be pruned"):
+        prune_model(model, spec, PruneConfig())
 
 
 def test_repvgg_pruned_in_train_form_then_reparameterized_agrees():
