@@ -614,8 +614,17 @@ def reproduce(
     serial: Annotated[str | None, typer.Option(help="android: adb serial.")] = None,
     benchmark_binary: Annotated[Path | None, typer.Option(help="android: TFLite benchmark_model binary.")] = None,
     eval_binary: Annotated[Path | None, typer.Option(help="android: TFLite run_eval, for on-device accuracy.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch threads for training and the host bench.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Torch threads in all: the host bench's, split over the jobs (default: all cores)."),
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Grid parts (one architecture, one seed) trained and exported side by side (default: one per thread)."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars (with one job).")] = True,
 ) -> None:
     """Rerun a paper's experiment grid and print its tables, the paper's numbers next to ours.
 
@@ -664,6 +673,7 @@ def reproduce(
             else {}
         ),
         threads=threads,
+        jobs=jobs,
         progress=progress,
     )
     cfg.validate()

@@ -15,6 +15,7 @@ from typing import Any
 
 from pacb_edge.cells import CellConfig, CellRunner
 from pacb_edge.fileio import atomic_write_json, atomic_write_text, ensure_dir
+from pacb_edge.parallel import in_parallel, job_count
 
 # PACB's variants: the paper's Base (the architecture as published: SE in MobileNetV3, none in RepVGG), Base+CA
 # (CA in every block, sparsity-trained), and Base+CA+Pruned (bn-scale pruning of that model, fine-tuned).
@@ -93,23 +94,6 @@ def _export_job(ckpt: str, calibration_images: int, bundle: bool, threads: int) 
     return onnx_report, tfl_report, time.perf_counter() - t0
 
 
-def _in_parallel(jobs: int, calls: list[tuple[Callable[..., Any], tuple]], on_done: Callable[[int, Any], None]) -> None:
-    """Run `calls` (function, args) in `jobs` fresh worker processes (spawned: no torch/TF state is shared), or here
-    when `jobs` is 1; `on_done(index, result)` in completion order. A worker's error is raised here."""
-    if jobs <= 1:
-        for i, (fn, args) in enumerate(calls):
-            on_done(i, fn(*args))
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        # Longest first (the callers list them so), so the last job to finish is a short one.
-        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(calls)}
-        for future in as_completed(futures):
-            on_done(futures[future], future.result())
-
-
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """The main job on the bundled digits data: train Base / Base+CA / Base+CA+Pruned for each arch, export each to
     ONNX and FP32 + INT8 TFLite (verified), bench everything on the host CPU, and make the Jetson bundles of the
@@ -118,8 +102,6 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     Small models on a CPU do not get faster with more threads, so the cells train (and the checkpoints export) in
     `jobs` worker processes side by side, one thread each by default; each cell is seeded, so the numbers are the
     same for the same seed, jobs and threads. The bench then runs alone, interleaved, on all threads."""
-    import os
-
     from pacb_edge.device_bench.bench import BenchOptions, run_bench, write_reports
     from pacb_edge.pipeline import pin_threads
 
@@ -130,7 +112,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     t_start = time.perf_counter()
     threads = pin_threads(cfg.threads)
     cells = demo_cells(cfg)
-    jobs = max(1, min(cfg.jobs or (os.cpu_count() or 1), len(cells)))
+    jobs = job_count(cfg.jobs, len(cells))
     job_threads = max(1, threads // jobs)
     log(
         f"seed {cfg.seed}; {jobs} job{'s' if jobs > 1 else ''} x {job_threads} torch thread"
@@ -148,7 +130,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     cells = sorted(cells, key=lambda c: c[2].criterion is None)
     log("train " + ", ".join(f"{arch} {label}" for arch, label, _ in cells))
     t0 = time.perf_counter()
-    _in_parallel(
+    in_parallel(
         jobs,
         [
             (_train_job, (str(out), cell, f"{arch}_{label.lower()}", job_threads, cfg.progress and jobs == 1))
@@ -173,7 +155,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
 
     log("export " + ", ".join(f"{arch} {name}" for arch, name, _, _ in stages))
     t0 = time.perf_counter()
-    _in_parallel(
+    in_parallel(
         jobs,
         [
             (_export_job, (str(ckpt), cfg.calibration_images, name.endswith("_Pruned"), job_threads))

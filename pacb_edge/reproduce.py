@@ -47,6 +47,7 @@ from pacb_edge.paper_numbers import (
     paper_dataset,
     paper_numbers,
 )
+from pacb_edge.parallel import in_parallel, job_count
 from pacb_edge.reproduce_grids import (
     ARCHS,
     BUDGETS,
@@ -58,6 +59,7 @@ from pacb_edge.reproduce_grids import (
     SCHEDULES,
     Schedule,
     default_cpsca_ratios,
+    grid_archs,
 )
 from pacb_edge.reproduce_tables import Table, cpsca_tables, pacb_tables, tables_markdown
 
@@ -106,7 +108,8 @@ class ReproduceConfig:
     device: str = "cpu"
     jetson: dict[str, Any] = field(default_factory=dict)  # JetsonRunner options: host, port, remote_dir, ...
     android: dict[str, Any] = field(default_factory=dict)  # AndroidRunner options: serial, benchmark_binary, ...
-    threads: int | None = None  # torch threads for training and the host bench's threads
+    threads: int | None = None  # torch threads in all (default: all cores): the host bench's, split over the jobs
+    jobs: int | None = None  # grid parts (one architecture, one seed) trained side by side (default: one per thread)
     bench_runs: int | None = None
     progress: bool = True
 
@@ -134,6 +137,7 @@ class ReproduceConfig:
             ("--finetune-epochs", self.finetune_epochs),
             ("--limit", self.limit),
             ("--train-limit", self.train_limit),
+            ("--jobs", self.jobs),
         ):
             if v is not None and v < 1:
                 raise PacbEdgeError(f"{name} must be at least 1, got {v}")
@@ -319,18 +323,82 @@ def _ratios_vs_ca(records: list[dict[str, Any]]) -> None:
 # The job
 
 
+def _grid_part(
+    cfg: ReproduceConfig,
+    sched: Schedule,
+    seed: int,
+    arch: str,
+    threads: int,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One architecture's grid for one seed (in a worker process when jobs run side by side), then its host-CPU
+    exports, so that they too run side by side: (records, cell counts)."""
+    from pacb_edge.pipeline import pin_threads
+
+    pin_threads(threads)
+    command = f"pacb-edge reproduce {cfg.paper}"
+    runner = CellRunner(cfg.out_dir(), command, progress=cfg.progress and log is not None, threads=threads)
+    if log is not None:
+        runner.log = log
+    records = GRIDS[cfg.paper](dataclasses.replace(cfg, archs=(arch,)), sched, runner, seed)
+    for d in dict.fromkeys(Path(r["stage_dir"]) for r in records):
+        for device, kind in cfg.measurements().values():
+            if device == "cpu" and kind in ARTIFACTS and not _read_bench_cache(d):
+                _artifact(cfg, sched, d, kind)
+    counts = {
+        "cells_computed": runner.computed,
+        "cells_cached": runner.cached,
+        "cell_wall_s": sum(
+            float(s.get("wall_seconds", 0.0))
+            for c in {c.dir: c for c in runner.cells}.values()
+            for s in c.metrics.get("stages", {}).values()
+        ),
+    }
+    return records, counts
+
+
+def _run_grid(
+    cfg: ReproduceConfig, sched: Schedule, seeds: list[int], log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Every seed of the grid, one part (architecture, seed) per job; records in seed order, then the grid's order.
+
+    Each part trains on `threads // jobs` torch threads (the cells' numbers depend on it, so the same command gives
+    the same numbers); the longest architecture's parts go first so that the workers finish together."""
+    from pacb_edge.pipeline import pin_threads
+
+    threads = pin_threads(cfg.threads)
+    parts = [(seed, arch) for arch in grid_archs(cfg) for seed in seeds]
+    jobs = job_count(cfg.jobs or threads, len(parts))
+    job_threads = max(1, threads // jobs)
+    log(
+        f"{len(parts)} grid part(s) (architecture x seed): {jobs} job{'s' if jobs > 1 else ''} x {job_threads} torch "
+        f"thread{'s' if job_threads > 1 else ''} for training and export, {threads} for the bench"
+    )
+    done: dict[int, tuple[list[dict[str, Any]], dict[str, float]]] = {}
+
+    def finished(i: int, result: tuple[list[dict[str, Any]], dict[str, float]]) -> None:
+        done[i] = result
+        if jobs > 1:
+            seed, arch = parts[i]
+            log(f"seed {seed} {arch}: done ({result[1]['cells_computed']} cell(s) computed)")
+
+    calls = [(_grid_part, (cfg, sched, seed, arch, job_threads, log if jobs == 1 else None)) for seed, arch in parts]
+    in_parallel(jobs, calls, finished)
+    order = sorted(range(len(parts)), key=lambda i: (parts[i][0], grid_archs(cfg).index(parts[i][1])))
+    records = [r for i in order for r in done[i][0]]
+    counts = {k: sum(done[i][1][k] for i in done) for k in ("cells_computed", "cells_cached", "cell_wall_s")}
+    return records, counts
+
+
 def run_reproduce(cfg: ReproduceConfig, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Run (or resume) a paper's grid for every seed, bench every model, and write `reproduce.{json,md}` in the
     output folder. Returns the result: config, schedule, per-seed records, the tables and the files written."""
     cfg.validate()
     sched = cfg.schedule()
     out = ensure_dir(cfg.out_dir())
-    runner = CellRunner(out, f"pacb-edge reproduce {cfg.paper}", progress=cfg.progress, threads=cfg.threads, log=log)
     seeds = list(range(sched.seeds))
     t0 = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    for seed in seeds:
-        records += GRIDS[cfg.paper](cfg, sched, runner, seed)
+    records, counts = _run_grid(cfg, sched, seeds, log)
     t_train = time.perf_counter() - t0
     stage_dirs = list(dict.fromkeys(Path(r["stage_dir"]) for r in records))
     measured = bench_stages(cfg, sched, out, stage_dirs, log)
@@ -364,13 +432,7 @@ def run_reproduce(cfg: ReproduceConfig, log: Callable[[str], None] = lambda _: N
     timings = {
         "grid_s": t_train,
         "total_s": time.perf_counter() - t0,
-        "cells_computed": runner.computed,
-        "cells_cached": runner.cached,
-        "cell_wall_s": sum(
-            float(s.get("wall_seconds", 0.0))
-            for c in {c.dir: c for c in runner.cells}.values()
-            for s in c.metrics.get("stages", {}).values()
-        ),
+        **counts,
     }
     paths = {"json": str(out / f"{RESULT_NAME}.json"), "md": str(out / f"{RESULT_NAME}.md")}
     result = {
