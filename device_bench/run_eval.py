@@ -18,12 +18,16 @@ XNNPACK lazily, unless the delegate-provider flag `--use_xnnpack=false` was give
 flags are parsed by tasks/task_executor.cc). So "cpu" passes `--use_xnnpack=false`. A run_eval built before those
 flags existed ignores it and prints "Unconsumed cmdline flags"; `unconsumed_flags` finds that line so the runner can
 say the accuracy was measured with XNNPACK.
+
+On the phone: `device_accuracy` pushes an eval set and run_eval over an `AdbDevice` (`adb.py`), runs it and returns
+its top-1; all of run_eval's I/O lives here, `android.py` only calls it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +37,9 @@ from typing import Any
 import numpy as np
 
 from pacb_edge.errors import PacbEdgeError
+
+from .adb import AdbDevice, last_line, shell_join
+from .benchmark_model_parser import parse_run_eval_output
 
 log = logging.getLogger(__name__)
 
@@ -264,3 +271,60 @@ def check_eval_inputs(tflite: Path, eval_set: EvalSet, manifest: Mapping[str, An
 def unconsumed_flags(output: str) -> list[str]:
     """The flags run_eval reported it did not understand ("Unconsumed cmdline flags: ...")."""
     return [flag for m in _UNCONSUMED.finditer(output) for flag in m.group("flags").split()]
+
+
+def device_accuracy(
+    adb: AdbDevice,
+    serial: str,
+    eval_binary: Path,
+    remote_model: str,
+    eval_set: EvalSet,
+    threads: int,
+    delegate: str,
+    taskset: str | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Push the eval set, run run_eval on the phone, return {"top1", "n", ..., "command", "unconsumed_flags"}.
+
+    `remote_model` is already on the phone; `delegate` is a key of `RUN_EVAL_DELEGATE_FLAGS`; `timeout_s` bounds
+    the image pushes and run_eval itself (default: the device's `timeout_s`).
+    """
+    limit = adb.timeout_s if timeout_s is None else timeout_s
+    remote_eval = adb.remote("eval_set")
+    remote_images = posixpath.join(remote_eval, "images")
+    adb.shell(serial, ["rm", "-rf", remote_eval], "shell rm")
+    adb.shell(serial, ["mkdir", "-p", remote_images], "shell mkdir")
+    files = [str(p) for p in eval_set.image_files()]
+    for start in range(0, len(files), 200):  # several files per push, few enough for any argv limit
+        chunk = files[start : start + 200]
+        adb.run(["push", *chunk, remote_images + "/"], "push eval images", timeout=limit, serial=serial)
+    remote_gt = posixpath.join(remote_eval, "ground_truth_labels.txt")
+    remote_labels = posixpath.join(remote_eval, "model_output_labels.txt")
+    remote_metrics = posixpath.join(remote_eval, "metrics.txt")
+    adb.run(["push", str(eval_set.ground_truth_labels), remote_gt], "push labels", serial=serial)
+    adb.run(["push", str(eval_set.model_output_labels), remote_labels], "push labels", serial=serial)
+    remote_run_eval = adb.push_binary(serial, Path(eval_binary))
+    argv = ["taskset", taskset] if taskset else []
+    argv += [
+        remote_run_eval,
+        f"--model_file={remote_model}",
+        f"--ground_truth_images_path={remote_images}",
+        f"--ground_truth_labels={remote_gt}",
+        f"--model_output_labels={remote_labels}",
+        f"--output_file_path={remote_metrics}",
+        "--num_images=0",
+        f"--num_interpreter_threads={threads}",
+    ]
+    argv += RUN_EVAL_DELEGATE_FLAGS[delegate]
+    done = adb.shell(serial, argv, "shell run_eval", timeout=limit, check=False, merge_stderr=True)
+    result = parse_run_eval_output(done.stdout)
+    if result is None:  # older run_eval: metrics only in the text proto it writes
+        cat = adb.shell(serial, ["cat", remote_metrics], "shell cat", check=False)
+        result = parse_run_eval_output(cat.stdout) if cat.returncode == 0 else None
+    if result is None:
+        errors = [ln for ln in done.stdout.splitlines() if "ERROR" in ln]
+        detail = last_line("\n".join(errors), done.stdout) or f"exit code {done.returncode}"
+        raise PacbEdgeError(f"run_eval gave no top-1 accuracy: {detail}")
+    result["command"] = shell_join(argv)
+    result["unconsumed_flags"] = unconsumed_flags(done.stdout)
+    return result

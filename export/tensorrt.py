@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pacb_edge.consoles import step
 from pacb_edge.errors import PacbEdgeError
 from pacb_edge.fileio import atomic_path, atomic_write_json, ensure_dir
 from pacb_edge.remote import SSHTarget, remote_path
@@ -246,7 +247,9 @@ class BundleSession:
         if self.target.marker_matches(remote, UPLOAD_MARKER, digest, timeout=self.timeout):
             where.update(upload=UPLOAD_SKIPPED, upload_bytes=0)
         else:
-            sent = self.target.upload(plan, remote, timeout=self.timeout, marker=(UPLOAD_MARKER, digest))
+            size = sum(Path(p).stat().st_size for p in plan.values()) / 1e6
+            with step(f"upload {Path(bundle).name} ({size:.1f} MB) to {self.target.host}"):
+                sent = self.target.upload(plan, remote, timeout=self.timeout, marker=(UPLOAD_MARKER, digest))
             where.update(upload=UPLOAD_SENT, upload_bytes=sent)
         return where
 
@@ -259,7 +262,8 @@ class BundleSession:
         where = self.upload(bundle)
         remote = where["remote_bundle"]
         argv = [self.python, posixpath.join(remote, HARNESS_DIR, "bench.py"), "--bundle", remote, *harness_args]
-        proc = self.target.run(argv, timeout=self.timeout, check=False)
+        with step(f"run {bundle.name} on {self.target.host} (engine build when not cached, then the harness)"):
+            proc = self.target.run(argv, timeout=self.timeout, check=False)
         return HarnessRun(proc.returncode, proc.stdout, proc.stderr, where)
 
     def run_json(self, bundle: str | Path, harness_args: Sequence[str]) -> dict[str, Any]:
@@ -274,9 +278,15 @@ class BundleSession:
         argv = [self.python, str(installed_bench()), "--bundle", str(bundle), *harness_args]
         where = {"host": None, "bundle": str(bundle), "upload": UPLOAD_LOCAL, "upload_bytes": 0}
         try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, errors="replace", timeout=self.timeout, stdin=subprocess.DEVNULL
-            )
+            with step(f"run {bundle.name} here with {self.python} (engine build when not cached, then the harness)"):
+                proc = subprocess.run(
+                    argv,
+                    capture_output=True,
+                    text=True,
+                    errors="replace",
+                    timeout=self.timeout,
+                    stdin=subprocess.DEVNULL,
+                )
         except subprocess.TimeoutExpired:
             raise PacbEdgeError(f"Jetson harness gave no result within {self.timeout:.0f} s") from None
         except OSError as e:

@@ -323,7 +323,7 @@ def fit(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pacb_edge.cli_console import stderr_console
+    from pacb_edge.consoles import stderr_console
 
     bar = Progress(
         TextColumn("[bold]{task.description}"),
