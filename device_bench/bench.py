@@ -402,9 +402,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def plot_pareto(results: list[BenchResult], path: str | Path) -> Path:
     """Accuracy vs per-image latency, with the Pareto front."""
-    from pacb_edge.plots import _pyplot, _save
+    from pacb_edge.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     pts = [r for r in results if r.status != STATUS_FAILED and r.per_image_ms and r.top1 is not None]
     fig, ax = plt.subplots(figsize=(9, 5.5))
     markers = {"onnx": "o", "tflite": "s", "torch": "^", "trt": "D"}
@@ -425,7 +425,7 @@ def plot_pareto(results: list[BenchResult], path: str | Path) -> Path:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"accuracy vs latency ({results[0].device if results else ''})")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def status_icon(status: str) -> str:

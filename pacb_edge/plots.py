@@ -8,7 +8,7 @@ from pathlib import Path
 from pacb_edge.fileio import atomic_write_with
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,8 +17,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
+def save_figure(fig, path: str | Path) -> Path:
+    plt = pyplot()
     try:
         return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     finally:
@@ -27,7 +27,7 @@ def _save(fig, path: str | Path) -> Path:
 
 def plot_training_curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch (train and val) from the trainer's history records."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
@@ -42,7 +42,7 @@ def plot_training_curves(history: Sequence[dict], path: str | Path, title: str =
     ax_acc.legend()
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(
@@ -51,7 +51,7 @@ def plot_confusion_matrix(
     """Row-normalized confusion matrix (rows: true class, columns: predicted)."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     n = len(class_names)
@@ -76,7 +76,7 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layer_errors(
@@ -88,7 +88,7 @@ def plot_layer_errors(
     marked: Collection[str] = (),
 ) -> Path:
     """Horizontal bars of one error value per layer, first name at the top; `marked` layers are drawn in orange."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(names)
     fig, ax = plt.subplots(figsize=(7, max(2.0, 0.3 * n + 1.0)))
     colors = ["tab:orange" if name in marked else "tab:blue" for name in names]
@@ -101,4 +101,4 @@ def plot_layer_errors(
         from matplotlib.patches import Patch
 
         ax.legend(handles=[Patch(color="tab:orange", label="kept in float")], fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
