@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from pacb_edge import cli_output as view
+from pacb_edge.cli_options import bench_device_options, reproduce_config, run_options, split_csv, ssh_options
+from pacb_edge.cli_output import print_table
+from pacb_edge.consoles import stderr_console, stdout_console
 from pacb_edge.errors import PacbEdgeError
 
 app = typer.Typer(
@@ -24,8 +27,41 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = stdout_console()
+err_console = stderr_console()
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step (ssh, adb, engine builds).")] = False,
+) -> None:
+    """Attention-guided channel pruning, from training to measured deployment on Jetson Nano and Android."""
+    if verbose:
+        import logging
+
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=err_console, show_path=False, markup=False)
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", handlers=[handler], force=True)
+
+
+def _config_defaults(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """--config FILE: the file's options become this command's defaults (the command line still wins)."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from pacb_edge.run_config import load_config
+
+    try:
+        options = load_config(value)
+    except PacbEdgeError as e:
+        raise typer.BadParameter(str(e)) from None
+    known = {p.name for p in ctx.command.params if p.name != param.name}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        valid = ", ".join(sorted(k.replace("_", "-") for k in known))
+        raise typer.BadParameter(f"{value}: unknown option {unknown[0].replace('_', '-')!r}; valid: {valid}")
+    ctx.default_map = {**(ctx.default_map or {}), **options}
+    return value
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,10 +81,6 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _split_csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 @app.command("models")
 @user_errors
 def models_cmd(
@@ -63,8 +95,6 @@ def models_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON here.")] = None,
 ) -> None:
     """List every registered architecture and attention module with params, MACs and FLOPs."""
-    from rich.table import Table
-
     from pacb_edge.fileio import atomic_write_json
     from pacb_edge.models import list_attentions
     from pacb_edge.zoo import model_table
@@ -75,35 +105,16 @@ def models_cmd(
         input_size=input_size,
         num_classes=num_classes,
         in_chans=in_chans,
-        attentions=_split_csv(attention),
-        archs=_split_csv(arch) or None,
+        attentions=split_csv(attention),
+        archs=split_csv(arch) or None,
         input_stem=input_stem or None,
     )
-    table = Table(title=f"Models at {input_size}x{input_size}x{in_chans}, {num_classes} classes (batch 1)")
-    for col in ("arch", "attention", "params (M)", "MACs (M)", "FLOPs (M) = 2xMACs"):
-        table.add_column(col, justify="left" if col in ("arch", "attention") else "right")
-    for r in rows:
-        table.add_row(
-            r["arch"], r["attention"], f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e6:.2f}", f"{r['flops'] / 1e6:.2f}"
-        )
-    console.print(table)
+    title = f"Models at {input_size}x{input_size}x{in_chans}, {num_classes} classes (batch 1)"
+    print_table(console, title, view.MODELS_HEADER, view.model_rows(rows), label_columns=2)
     console.print(f"attention modules: {', '.join(list_attentions())}")
     if json_out is not None:
         atomic_write_json(json_out, rows)
         console.print(f"wrote {json_out}")
-
-
-def _parse_layer_ratios(values: list[str]) -> dict[str, float]:
-    ratios = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            ratios[name.strip()] = float(value)
-        except ValueError:
-            raise PacbEdgeError(f"--layer-ratio expects NAME=RATIO, got {item!r}") from None
-    return ratios
 
 
 @app.command()
@@ -158,119 +169,34 @@ def train(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads, pinned for the run (default: all cores).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            is_eager=True,
+            callback=_config_defaults,
+            help="TOML or YAML file of these options (a run's config.toml repeats it); the command line wins.",
+        ),
+    ] = None,
 ) -> None:
-    """Train (with sparsity), prune channels structurally, fine-tune and evaluate; writes a run directory."""
+    """Train (with sparsity), prune channels structurally, fine-tune and evaluate; writes a run directory (with
+    config.toml, to repeat it with --config)."""
     import shlex
 
-    from pacb_edge.pipeline import RunOptions, run_pipeline
-    from pacb_edge.prune import PruneConfig
-    from pacb_edge.train import TrainConfig
+    import click
 
-    common = dict(
-        batch_size=batch_size,
-        optimizer=optimizer,
-        momentum=momentum,
-        nesterov=nesterov,
-        weight_decay=weight_decay,
-        scheduler=scheduler,
-        warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing,
-        amp=amp,
-        channels_last=channels_last,
-        sync_bn=sync_bn,
-        seed=seed,
-        num_workers=workers,
-    )
-    train_cfg = TrainConfig(epochs=epochs, lr=lr, sparsity=sparsity, **common)
-    finetune_cfg = TrainConfig(
-        epochs=finetune_epochs,
-        lr=finetune_lr or lr / 5,
-        warmup_epochs=0,
-        sparsity=0.0,
-        **{k: v for k, v in common.items() if k != "warmup_epochs"},
-    )
-    prune_cfg = None
-    if prune != "none":
-        prune_cfg = PruneConfig(
-            criterion=prune,
-            prune_ratio=prune_ratio if (prune_ratio is not None or prune_threshold) else 0.3,
-            prune_threshold=prune_threshold,
-            layer_ratios=_parse_layer_ratios(layer_ratio or []),
-            min_channels=min_channels,
-            round_to=round_to,
-            seed=seed,
-        )
-        prune_cfg.validate()
-    elif stage in ("prune", "finetune"):
-        raise PacbEdgeError(f"--stage {stage} needs a pruning criterion (--prune ...)")
-    for cfg in (train_cfg, finetune_cfg):
-        cfg.validate()
-    opts = RunOptions(
-        model=model,
-        attention=attention,
-        dataset=dataset,
-        data_dir=data_dir,
-        download=download,
-        input_size=input_size,
-        input_stem=input_stem,
-        width_mult=width_mult,
-        grayscale_to_rgb=grayscale_to_rgb,
-        limit=limit,
-        train_limit=train_limit,
-        threads=threads,
-        out=out,
-        stage=stage,
-        checkpoint=checkpoint,
-        resume=resume,
-        progress=progress,
-        command=shlex.join(["pacb-edge", *sys.argv[1:]]),
-        train=train_cfg,
-        finetune=finetune_cfg,
-        prune=prune_cfg,
-    )
+    from pacb_edge.pipeline import run_pipeline
+    from pacb_edge.run_config import CONFIG_NAME, write_config
+
+    params = {k: v for k, v in click.get_current_context().params.items() if k != "config"}
+    opts = run_options(params, shlex.join(["pacb-edge", *sys.argv[1:]]))
+    write_config(out / CONFIG_NAME, params, opts.command)
     metrics = run_pipeline(opts)
     _print_run_summary(metrics, out)
 
 
-def _print_run_summary(metrics: dict[str, Any], out: Path) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"run {out}")
-    for col in ("stage", "test top-1 %", "val top-1 %", "params (M)", "MACs (M)", "FLOPs (M)", "wall s"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for name, rec in metrics.get("stages", {}).items():
-        rows = (
-            [(name, rec)]
-            if "test_top1" in rec
-            else [(f"{name}:{k}", v) for k, v in rec.items() if isinstance(v, dict) and "test_top1" in v]
-        )
-        for label, r in rows:
-            table.add_row(
-                label,
-                f"{100 * r['test_top1']:.2f}",
-                f"{100 * r['val_top1']:.2f}",
-                f"{r['params'] / 1e6:.3f}",
-                f"{r['macs'] / 1e6:.2f}",
-                f"{r['flops'] / 1e6:.2f}",
-                f"{rec.get('wall_seconds', 0):.1f}",
-            )
-    console.print(table)
-    console.print(f"metrics: {out / 'metrics.json'}")
-
-
-def _ssh_options(
-    host: str | None, port: int | None, ssh_config: str | None, identity: str | None, remote_dir: str, python: str
-) -> dict[str, Any]:
-    """The Jetson connection, as both `export --target trt --host` and `bench --device jetson` take it (`SSHTarget`
-    expands `~` in the file paths)."""
-    return {
-        "host": host,
-        "port": port,
-        "ssh_config": ssh_config,
-        "identity_file": identity,
-        "remote_dir": remote_dir,
-        "python": python,
-    }
+def _print_run_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    print_table(console, f"run {run_dir}", view.RUN_HEADER, view.run_rows(metrics))
+    console.print(f"metrics: {run_dir / 'metrics.json'}")
 
 
 @app.command("check")
@@ -318,7 +244,12 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: next to the checkpoint).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (trt: capped at the --trt version's highest).")] = 17,
     trt: Annotated[
-        str, typer.Option("--trt", help="trt: target TensorRT version (8.2 = JetPack 4.6, the Nano's), see `check`.")
+        str,
+        typer.Option(
+            "--trt",
+            rich_help_panel="TensorRT (--target trt)",
+            help="trt: target TensorRT version (8.2 = JetPack 4.6, the Nano's), see `check`.",
+        ),
     ] = "8.2",
     dynamic_batch: Annotated[bool, typer.Option(help="ONNX with a dynamic batch axis.")] = False,
     max_int8_drop: Annotated[float, typer.Option(help="Fail when INT8 loses more top-1 (pp) than this.")] = 1.0,
@@ -329,19 +260,33 @@ def export(
     data_dir: Annotated[str | None, typer.Option(help="Dataset folder, for verification on real test images.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Verify on the first N test images only.")] = None,
     host: Annotated[
-        str | None, typer.Option(help="trt: user@jetson (or ~/.ssh/config alias) to build and verify on.")
+        str | None,
+        typer.Option(
+            rich_help_panel="TensorRT (--target trt)",
+            help="trt: user@jetson (or ~/.ssh/config alias) to build and verify on.",
+        ),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="trt: ssh port for --host.")] = None,
-    ssh_config: Annotated[str | None, typer.Option(help="trt: ssh config file (ssh -F).")] = None,
-    identity: Annotated[str | None, typer.Option(help="trt: ssh identity file (ssh -i).")] = None,
-    remote_dir: Annotated[str, typer.Option(help="trt: folder on --host (~/ allowed).")] = "~/pacb_edge",
-    python: Annotated[str, typer.Option(help="trt: Python with TensorRT on the Jetson (JetPack: python3).")] = (
-        "python3"
-    ),
+    port: Annotated[
+        int | None, typer.Option(rich_help_panel="TensorRT (--target trt)", help="trt: ssh port for --host.")
+    ] = None,
+    ssh_config: Annotated[
+        str | None, typer.Option(rich_help_panel="TensorRT (--target trt)", help="trt: ssh config file (ssh -F).")
+    ] = None,
+    identity: Annotated[
+        str | None, typer.Option(rich_help_panel="TensorRT (--target trt)", help="trt: ssh identity file (ssh -i).")
+    ] = None,
+    remote_dir: Annotated[
+        str, typer.Option(rich_help_panel="TensorRT (--target trt)", help="trt: folder on --host (~/ allowed).")
+    ] = "~/pacb_edge",
+    python: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel="TensorRT (--target trt)",
+            help="trt: Python with TensorRT on the Jetson (JetPack: python3).",
+        ),
+    ] = ("python3"),
 ) -> None:
     """Export a checkpoint to ONNX, TensorRT or INT8 TFLite, each verified against PyTorch on real test images."""
-    from rich.table import Table
-
     from pacb_edge.export.api import export_checkpoint, int8_line
 
     report = export_checkpoint(
@@ -358,24 +303,10 @@ def export(
         int8_budget=int8_budget,
         data_dir=data_dir,
         eval_limit=eval_limit,
-        ssh=_ssh_options(host, port, ssh_config, identity, remote_dir, python) if host else None,
+        ssh=ssh_options(host, port, ssh_config, identity, remote_dir, python) if host else None,
     )
-    table = Table(title=f"export of {report['checkpoint']} (PyTorch top-1 {100 * report['torch_top1']:.2f} %)")
-    for col in ("artifact", "format", "precision", "size (KB)", "top-1 %", "agreement %", "max |diff|", "time s"):
-        table.add_column(col, justify="left" if col in ("artifact", "format", "precision") else "right")
-    for a in report["artifacts"]:
-        v = a.get("verification") or {}
-        table.add_row(
-            Path(a["path"]).name,
-            a["format"],
-            a["precision"],
-            f"{a['size_bytes'] / 1024:.1f}" if a.get("size_bytes") else "-",
-            f"{100 * v['top1']:.2f}" if "top1" in v else "-",
-            f"{100 * v['top1_agreement']:.2f}" if "top1_agreement" in v else "-",
-            f"{v['max_abs_diff']:.2e}" if "max_abs_diff" in v else "-",
-            f"{a['export_seconds']:.1f}",
-        )
-    console.print(table)
+    title = f"export of {report['checkpoint']} (PyTorch top-1 {100 * report['torch_top1']:.2f} %)"
+    print_table(console, title, view.EXPORT_HEADER, view.export_rows(report), label_columns=3)
     for a in report["artifacts"]:
         if a.get("int8"):
             console.print(int8_line(Path(a["path"]).name, a["int8"]), highlight=False, soft_wrap=True)
@@ -401,60 +332,81 @@ def bench(
     dataset: Annotated[str | None, typer.Option(help="Expected dataset (checked against each manifest).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Dataset folder.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.csv and pareto.png.")] = Path("bench"),
-    host: Annotated[str | None, typer.Option(help="jetson: user@host (honours ~/.ssh/config).")] = None,
-    port: Annotated[int | None, typer.Option(help="jetson: ssh port.")] = None,
-    remote_dir: Annotated[str, typer.Option(help="jetson: folder on the device (~/ allowed).")] = "~/pacb_edge",
-    local: Annotated[bool, typer.Option(help="jetson: run on this machine (on the Jetson itself).")] = False,
-    python: Annotated[
-        str, typer.Option(help="jetson: Python with TensorRT's bindings (JetPack 4.6: the system python3).")
-    ] = "python3",
-    identity: Annotated[str | None, typer.Option(help="jetson: ssh identity file (ssh -i).")] = None,
-    backend: Annotated[str, typer.Option(help="jetson: tensorrt or onnxruntime.")] = "tensorrt",
-    precision: Annotated[
-        str | None, typer.Option(help="jetson: fp32, fp16 or int8 (default fp16 for tensorrt, fp32 for onnxruntime).")
+    host: Annotated[
+        str | None,
+        typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: user@host (honours ~/.ssh/config)."),
     ] = None,
-    ssh_config: Annotated[str | None, typer.Option(help="jetson: ssh config file (ssh -F).")] = None,
-    serial: Annotated[str | None, typer.Option(help="android: adb serial.")] = None,
-    benchmark_binary: Annotated[Path | None, typer.Option(help="android: TFLite benchmark_model binary.")] = None,
-    eval_binary: Annotated[Path | None, typer.Option(help="android: TFLite run_eval (image classification).")] = None,
+    port: Annotated[
+        int | None, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: ssh port.")
+    ] = None,
+    remote_dir: Annotated[
+        str, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: folder on the device (~/ allowed).")
+    ] = "~/pacb_edge",
+    local: Annotated[
+        bool,
+        typer.Option(
+            rich_help_panel="Jetson (--device jetson)", help="jetson: run on this machine (on the Jetson itself)."
+        ),
+    ] = False,
+    python: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel="Jetson (--device jetson)",
+            help="jetson: Python with TensorRT's bindings (JetPack 4.6: the system python3).",
+        ),
+    ] = "python3",
+    identity: Annotated[
+        str | None, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: ssh identity file (ssh -i).")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: tensorrt or onnxruntime.")
+    ] = "tensorrt",
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel="Jetson (--device jetson)",
+            help="jetson: fp32, fp16 or int8 (default fp16 for tensorrt, fp32 for onnxruntime).",
+        ),
+    ] = None,
+    ssh_config: Annotated[
+        str | None, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: ssh config file (ssh -F).")
+    ] = None,
+    serial: Annotated[
+        str | None, typer.Option(rich_help_panel="Android (--device android)", help="android: adb serial.")
+    ] = None,
+    benchmark_binary: Annotated[
+        Path | None,
+        typer.Option(rich_help_panel="Android (--device android)", help="android: TFLite benchmark_model binary."),
+    ] = None,
+    eval_binary: Annotated[
+        Path | None,
+        typer.Option(
+            rich_help_panel="Android (--device android)", help="android: TFLite run_eval (image classification)."
+        ),
+    ] = None,
     delegate: Annotated[
         str,
-        typer.Option(help="android: cpu (TFLite's reference kernels, XNNPACK off), xnnpack, gpu or nnapi."),
+        typer.Option(
+            rich_help_panel="Android (--device android)",
+            help="android: cpu (TFLite's reference kernels, XNNPACK off), xnnpack, gpu or nnapi.",
+        ),
     ] = "xnnpack",
     use_gpu: Annotated[bool, typer.Option(hidden=True, help="Deprecated: --delegate gpu.")] = False,
     use_nnapi: Annotated[bool, typer.Option(hidden=True, help="Deprecated: --delegate nnapi.")] = False,
     use_xnnpack: Annotated[bool, typer.Option(hidden=True, help="Deprecated: --delegate xnnpack.")] = False,
-    taskset: Annotated[str | None, typer.Option(help="android: CPU affinity mask, e.g. f0.")] = None,
+    taskset: Annotated[
+        str | None,
+        typer.Option(rich_help_panel="Android (--device android)", help="android: CPU affinity mask, e.g. f0."),
+    ] = None,
 ) -> None:
     """Per-image latency alongside accuracy for every artifact, on the host, a Jetson or an Android phone."""
-    from rich.table import Table
+    import click
 
     from pacb_edge.device_bench.bench import BenchOptions, run_bench, status_icon, write_reports
 
-    jetson_opts: dict[str, Any] = {}
-    android_opts: dict[str, Any] = {}
-    if device == "jetson":
-        if not host and not local:
-            raise PacbEdgeError("--device jetson needs --host user@ip (or --local on the Jetson itself)")
-        jetson_opts = dict(
-            _ssh_options(None if local else host, port, ssh_config, identity, remote_dir, python),
-            backend=backend,
-            precision=precision,
-        )
-    elif device == "android":
-        old = [name for name, on in (("gpu", use_gpu), ("nnapi", use_nnapi), ("xnnpack", use_xnnpack)) if on]
-        if len(old) > 1:
-            raise PacbEdgeError("choose one delegate: --delegate cpu|xnnpack|gpu|nnapi")
-        if old:
-            err_console.print(f"note: --use-{old[0]} is deprecated; use --delegate {old[0]}", highlight=False)
-            delegate = old[0]
-        android_opts = dict(
-            serial=serial,
-            benchmark_binary=benchmark_binary,
-            eval_binary=eval_binary,
-            delegate=delegate,
-            taskset=taskset,
-        )
+    jetson_opts, android_opts, notes = bench_device_options(click.get_current_context().params)
+    for note in notes:
+        err_console.print(note, highlight=False)
     opts = BenchOptions(
         device=device,
         baseline=str(baseline) if baseline else None,
@@ -474,48 +426,14 @@ def bench(
     paths = write_reports(results, out, meta={"command": " ".join(["pacb-edge", *sys.argv[1:]]), "device": device})
     used = sorted({r.threads for r in results if r.threads})
     thread_note = f", {used[0]} thread{'s' if used[0] > 1 else ''} for every runner" if len(used) == 1 else ""
-    table = Table(title=f"bench on {device} (batch 1, {runs} timed runs, interleaved{thread_note})")
-    for col in (
-        "",
-        "artifact",
-        "format",
-        "prec",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "top-1 %",
-        "acc. measured on",
-        "size KB",
-        "speed-up",
-    ):
-        table.add_column(
-            col, justify="left" if col in ("", "artifact", "format", "prec", "acc. measured on") else "right"
-        )
-    for r in results:
-        lat = r.latency_ms or {}
-        table.add_row(
-            status_icon(r.status),
-            Path(r.artifact).name if Path(r.artifact).name != "model.safetensors" else r.artifact,
-            r.format,
-            r.precision or "-",
-            f"{lat['p50']:.3f}" if lat.get("p50") is not None else "-",
-            f"{lat['p90']:.3f}" if lat.get("p90") is not None else "-",
-            f"{lat['p99']:.3f}" if lat.get("p99") is not None else "-",
-            f"{100 * r.top1:.2f}" if r.top1 is not None else "-",
-            r.accuracy_source or "-",
-            f"{r.size_bytes / 1024:.1f}" if r.size_bytes else "-",
-            f"{r.speedup_vs_baseline:.2f}x" if r.speedup_vs_baseline else "-",
-        )
-    console.print(table)
+    title = f"bench on {device} (batch 1, {runs} timed runs, interleaved{thread_note})"
+    print_table(console, title, view.BENCH_HEADER, view.bench_rows(results, status_icon), label_columns=4)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         err_console.print(f"[red]❌ {r.artifact}:[/] {r.error}", highlight=False)
     console.print(f"results: {paths['json']}, {paths['csv']}, {paths['png']}")
     if failed:
         raise typer.Exit(code=1)
-
-
-_SHORT = {"mobilenetv3_large": "MBv3-L", "repvgg_a0": "RepVGG-A0"}
 
 
 @app.command()
@@ -537,8 +455,6 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show progress bars (with one job).")] = True,
 ) -> None:
     """Run the main job end to end on the bundled digits data: train, prune, export, verify, bench."""
-    from rich.table import Table
-
     from pacb_edge.experiments import DemoConfig, run_demo
 
     cfg = DemoConfig(
@@ -554,21 +470,8 @@ def demo(
         progress=progress,
     )
     result = run_demo(cfg, log=lambda msg: err_console.print(f"[bold cyan]demo:[/] {msg}"))
-    table = Table(title="PACB on digits 32x32: per-image latency on this CPU (batch 1)")
-    for col in ("model", "acc %", "params M", "MACs M", "ONNX ms", "INT8 ms", "INT8 acc %", "INT8 KB"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in result["rows"]:
-        table.add_row(
-            f"{_SHORT.get(r['arch'], r['arch'])} {r['variant']}",
-            f"{100 * r['test_top1']:.2f}",
-            f"{r['params'] / 1e6:.3f}",
-            f"{r['macs'] / 1e6:.2f}",
-            f"{r['onnx_ms']:.3f}" if r.get("onnx_ms") else "-",
-            f"{r['tflite_int8_ms']:.3f}" if r.get("tflite_int8_ms") else "-",
-            f"{100 * r['int8_top1']:.2f}",
-            f"{r['tflite_int8_bytes'] / 1024:.1f}",
-        )
-    console.print(table)
+    title = "PACB on digits 32x32: per-image latency on this CPU (batch 1)"
+    print_table(console, title, view.DEMO_HEADER, view.demo_rows(result))
     console.print(
         f"total {result['timings_s']['total']:.0f} s; results: {out / 'demo_results.json'}, "
         f"{out / 'demo_results.md'}, {out / 'bench' / 'pareto.png'}"
@@ -639,56 +542,25 @@ def reproduce(
     sized for a 2-core CPU (pacb on fashion-mnist: an estimated 70 minutes). An interrupted run resumes cell by cell;
     --quick is a smoke test.
     """
-    from rich.table import Table
+    import click
 
-    from pacb_edge.reproduce import ReproduceConfig, run_reproduce
+    from pacb_edge.reproduce import run_reproduce
 
-    try:
-        ratio_values = tuple(float(r) for r in _split_csv(ratios)) if ratios is not None else None
-    except ValueError:
-        raise PacbEdgeError(f"--ratios expects comma-separated numbers, got {ratios!r}") from None
-    cfg = ReproduceConfig(
-        paper=paper,
-        dataset=dataset,
-        data_dir=data_dir,
-        download=download,
-        out=out,
-        budget=budget,
-        quick=quick,
-        seeds=seeds,
-        prune_ratio=prune_ratio,
-        ratios=ratio_values,
-        epochs=epochs,
-        finetune_epochs=finetune_epochs,
-        sparsity=sparsity,
-        width_mult=width_mult,
-        limit=limit,
-        train_limit=train_limit,
-        archs=tuple(_split_csv(archs)) if archs is not None else None,
-        device=device,
-        jetson={"host": host, "port": port, "remote_dir": remote_dir} if device == "jetson" else {},
-        android=(
-            {"serial": serial, "benchmark_binary": benchmark_binary, "eval_binary": eval_binary}
-            if device == "android"
-            else {}
-        ),
-        threads=threads,
-        jobs=jobs,
-        progress=progress,
-    )
-    cfg.validate()
+    cfg = reproduce_config(click.get_current_context().params)
     result = run_reproduce(cfg, log=lambda msg: err_console.print(f"[bold cyan]reproduce:[/] {msg}"))
     for line in result["preamble"]:
         console.print(line, highlight=False)
     said: set[str] = set()
     for t in result["tables"]:
-        table = Table(title=t["title"], caption=t.get("caption") or None)
-        for i, col in enumerate(t["header"]):
-            justify = "left" if i < t["label_columns"] else "right"
-            table.add_column(col, justify=justify, style=None if t["measured"][i] else "dim")
-        for row in t["rows"]:
-            table.add_row(*row)
-        console.print(table)
+        print_table(
+            console,
+            t["title"],
+            t["header"],
+            t["rows"],
+            label_columns=t["label_columns"],
+            caption=t.get("caption"),
+            dim=t["measured"],
+        )
         for note in t["notes"]:
             if note not in said:
                 console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pacb_edge.cells import CellConfig, CellRunner
+from pacb_edge.errors import PacbEdgeError
 from pacb_edge.fileio import atomic_write_json, atomic_write_text, ensure_dir
 from pacb_edge.parallel import in_parallel, job_count
 
@@ -43,6 +44,23 @@ class DemoConfig:
     threads: int | None = None  # torch threads in all (default: all cores)
     jobs: int | None = None  # cells trained side by side (default: one per core)
     progress: bool = True
+
+    def validate(self) -> None:
+        """Refuse settings that cannot run, in one line, before anything is written."""
+        for name, value, least in (
+            ("--epochs", self.epochs, 1),
+            ("--finetune-epochs", self.finetune_epochs, 0),
+            ("--bench-runs", self.bench_runs, 1),
+            ("--threads", self.threads, 1),
+            ("--jobs", self.jobs, 1),
+            ("--limit", self.limit, 1),
+        ):
+            if value is not None and value < least:
+                raise PacbEdgeError(f"{name} must be at least {least}, got {value}")
+        if not 0 < self.prune_ratio < 1:
+            raise PacbEdgeError(f"--prune-ratio must be in (0, 1), got {self.prune_ratio}")
+        if self.width_mult <= 0:
+            raise PacbEdgeError(f"--width-mult must be positive, got {self.width_mult}")
 
 
 def demo_cells(cfg: DemoConfig) -> list[tuple[str, str, CellConfig]]:
@@ -105,6 +123,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     from pacb_edge.device_bench.bench import BenchOptions, run_bench, write_reports
     from pacb_edge.pipeline import pin_threads
 
+    cfg.validate()
     out = ensure_dir(cfg.out)
     timings: dict[str, float] = {}
     rows: list[dict[str, Any]] = []

@@ -78,7 +78,8 @@ def test_bench_cpu_records_latency_and_accuracy(tiny_run, onnx_pair, tmp_path):
     rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
     assert len(rows) == 3 and float(rows[1]["per_image_ms"]) > 0
     assert (tmp_path / "pareto.png").stat().st_size > 1000
-    assert "✅" in r.output
+    # Piped (not a terminal): a Markdown table with whole names, nothing cut to "mod…".
+    assert "| ✅ | model.onnx | onnx | fp32 |" in r.output and "…" not in r.output
 
 
 def test_bench_failures_are_isolated(onnx_pair, tmp_path):

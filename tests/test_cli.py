@@ -28,3 +28,116 @@ def test_models_rejects_bad_input_in_one_line():
     assert r.exit_code == 1
     assert "unknown model 'nope'" in r.output
     assert "Traceback" not in r.output
+
+
+def test_piped_tables_are_markdown_with_whole_names():
+    # CliRunner's stdout is not a terminal, like CI or `| tee`: the table is Markdown and no name is cut.
+    r = runner.invoke(app, ["models", "--arch", "qarepvgg_a0,mobilenetv3_large", "--attention", "none,ca"])
+    assert r.exit_code == 0, r.output
+    assert "| arch | attention | params (M) | MACs (M) | FLOPs (M) = 2xMACs |" in r.output
+    assert "|---|---|---:|---:|---:|" in r.output
+    assert "| qarepvgg_a0 | ca |" in r.output and "| mobilenetv3_large | none |" in r.output
+    assert "…" not in r.output and "┃" not in r.output
+
+
+def test_markdown_table_keeps_every_cell_whole():
+    from pacb_edge.cli_output import markdown_table
+
+    name = "mobilenetv3_large_ca_pruned_int8_with_a_very_long_name.tflite"
+    text = markdown_table("bench", ["artifact", "p50 ms"], [[name, "1.250"], ["a|b", "-"]], caption="batch 1")
+    assert text.splitlines() == [
+        "bench",
+        "",
+        "| artifact | p50 ms |",
+        "|---|---:|",
+        f"| {name} | 1.250 |",
+        "| a\\|b | - |",
+        "",
+        "batch 1",
+    ]
+
+
+_TINY = ["--model", "mobilenetv3_large", "--width-mult", "0.25", "--limit", "64", "--epochs", "1"]
+_TINY += ["--batch-size", "32", "--threads", "1", "--no-progress"]
+
+
+def test_train_writes_config_toml_that_repeats_the_run(tmp_path):
+    import tomllib
+
+    first, again = tmp_path / "first", tmp_path / "again"
+    r = runner.invoke(app, ["train", *_TINY, "--seed", "3", "--out", str(first)])
+    assert r.exit_code == 0, r.output
+    config = first / "config.toml"
+    saved = tomllib.loads(config.read_text())
+    assert saved["epochs"] == 1 and saved["limit"] == 64 and saved["seed"] == 3 and saved["width-mult"] == 0.25
+    assert saved["model"] == "mobilenetv3_large" and saved["out"] == str(first) and "config" not in saved
+    assert config.read_text().startswith("# pacb-edge train")
+    # The file gives every option; the command line still wins (here: --out).
+    r = runner.invoke(app, ["train", "--config", str(config), "--out", str(again)])
+    assert r.exit_code == 0, r.output
+    one, two = (json.loads((d / "metrics.json").read_text())["stages"]["train"] for d in (first, again))
+    assert one["test_top1"] == two["test_top1"] and one["val_top1"] == two["val_top1"]
+    assert tomllib.loads((again / "config.toml").read_text()) == {**saved, "out": str(again)}
+
+
+def test_train_config_takes_yaml_and_refuses_unknown_options_in_one_line(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("model: vgg16\nbatch-size: 0\n")
+    r = runner.invoke(app, ["train", "--config", str(yaml_file), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "batch size" in r.output  # the YAML's batch-size: 0 reached the training config
+    assert "Traceback" not in r.output
+    typo = tmp_path / "typo.toml"
+    typo.write_text("epoch = 3\n")
+    r = runner.invoke(app, ["train", "--config", str(typo)])
+    assert r.exit_code == 2 and "unknown option 'epoch'" in r.output and "epochs" in r.output
+    broken = tmp_path / "broken.toml"
+    broken.write_text("epochs = = 3\n")
+    r = runner.invoke(app, ["train", "--config", str(broken)])
+    assert r.exit_code == 2 and "is not valid TOML" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_verbose_turns_on_logging():
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        r = runner.invoke(app, ["--verbose", "models", "--arch", "nope"])
+        assert r.exit_code == 1
+        assert root.level == logging.INFO
+        assert any(type(h).__name__ == "RichHandler" for h in root.handlers)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_long_steps_say_when_they_start_and_how_long_they_took(capsys):
+    import pytest
+
+    from pacb_edge.consoles import stderr_console, step
+
+    stderr_console.cache_clear()  # a console bound to this test's captured stderr
+    try:
+        with step("upload bundle (1.0 MB) to nano"):
+            pass
+        with pytest.raises(RuntimeError), step("run bundle on nano"):
+            raise RuntimeError("connection lost")
+        lines = capsys.readouterr().err.splitlines()
+    finally:
+        stderr_console.cache_clear()
+    assert lines[0] == "upload bundle (1.0 MB) to nano ..."
+    assert lines[1].startswith("upload bundle (1.0 MB) to nano: done in ") and lines[1].endswith(" s")
+    assert lines[2] == "run bundle on nano ..." and lines[3].startswith("run bundle on nano: failed in ")
+
+
+def test_demo_refuses_bad_settings_in_one_line_before_writing(tmp_path):
+    out = tmp_path / "demo"
+    for args, message in (
+        (["--prune-ratio", "1.5"], "--prune-ratio must be in (0, 1), got 1.5"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--jobs", "0"], "--jobs must be at least 1, got 0"),
+    ):
+        r = runner.invoke(app, ["demo", "--out", str(out), *args])
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+        assert not out.exists()

@@ -99,6 +99,14 @@ def test_jetson_bundle_when_no_tensorrt(tiny_run, tmp_path):
     assert not list(tmp_path.glob(".model_opset*"))
 
 
+def test_export_cli_prints_whole_artifact_names(tiny_run, tmp_path):
+    r = runner.invoke(app, ["export", str(tiny_run / "pruned"), "--target", "onnx", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "| artifact | format | precision | size (KB) | top-1 % | agreement % | max \\|diff\\| | time s |" in r.output
+    assert "| model.onnx | onnx | fp32 |" in r.output and "…" not in r.output
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "export_report.json").is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,0 +1,143 @@
+"""The command line's options turned into the library's configurations: what `pacb-edge train`, `bench` and
+`reproduce` hand to `run_pipeline`, `run_bench` and `run_reproduce`. Each takes the command's parameters as a dict
+(`click`'s `ctx.params`), so the command itself only parses and calls.
+
+Heavy libraries are imported inside the functions (the CLI module imports this one at start-up).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pacb_edge.errors import PacbEdgeError
+
+
+def split_csv(value: str) -> list[str]:
+    """`a, b,,c` -> [a, b, c]."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_layer_ratios(values: list[str]) -> dict[str, float]:
+    """`--layer-ratio NAME=RATIO` (repeatable) -> {NAME: RATIO}."""
+    ratios = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            ratios[name.strip()] = float(value)
+        except ValueError:
+            raise PacbEdgeError(f"--layer-ratio expects NAME=RATIO, got {item!r}") from None
+    return ratios
+
+
+def ssh_options(
+    host: str | None, port: int | None, ssh_config: str | None, identity: str | None, remote_dir: str, python: str
+) -> dict[str, Any]:
+    """The Jetson connection, as both `export --target trt --host` and `bench --device jetson` take it (`SSHTarget`
+    expands `~` in the file paths)."""
+    return {
+        "host": host,
+        "port": port,
+        "ssh_config": ssh_config,
+        "identity_file": identity,
+        "remote_dir": remote_dir,
+        "python": python,
+    }
+
+
+def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOptions
+    """`pacb-edge train`'s options as the pipeline's `RunOptions` (training, fine-tuning and pruning configs)."""
+    from pacb_edge.pipeline import RunOptions
+    from pacb_edge.prune import PruneConfig
+    from pacb_edge.train import TrainConfig
+
+    common = {
+        "batch_size": p["batch_size"],
+        "optimizer": p["optimizer"],
+        "momentum": p["momentum"],
+        "nesterov": p["nesterov"],
+        "weight_decay": p["weight_decay"],
+        "scheduler": p["scheduler"],
+        "label_smoothing": p["label_smoothing"],
+        "amp": p["amp"],
+        "channels_last": p["channels_last"],
+        "sync_bn": p["sync_bn"],
+        "seed": p["seed"],
+        "num_workers": p["workers"],
+    }
+    train = TrainConfig(
+        epochs=p["epochs"], lr=p["lr"], sparsity=p["sparsity"], warmup_epochs=p["warmup_epochs"], **common
+    )
+    finetune = TrainConfig(
+        epochs=p["finetune_epochs"], lr=p["finetune_lr"] or p["lr"] / 5, warmup_epochs=0, sparsity=0.0, **common
+    )
+    prune = None
+    if p["prune"] != "none":
+        given = p["prune_ratio"] is not None or p["prune_threshold"]
+        prune = PruneConfig(
+            criterion=p["prune"],
+            prune_ratio=p["prune_ratio"] if given else 0.3,
+            prune_threshold=p["prune_threshold"],
+            layer_ratios=parse_layer_ratios(p["layer_ratio"] or []),
+            min_channels=p["min_channels"],
+            round_to=p["round_to"],
+            seed=p["seed"],
+        )
+        prune.validate()
+    elif p["stage"] in ("prune", "finetune"):
+        raise PacbEdgeError(f"--stage {p['stage']} needs a pruning criterion (--prune ...)")
+    for cfg in (train, finetune):
+        cfg.validate()
+    data = ("model", "attention", "dataset", "data_dir", "download", "input_size", "input_stem", "width_mult")
+    run = ("grayscale_to_rgb", "limit", "train_limit", "threads", "out", "stage", "checkpoint", "resume", "progress")
+    return RunOptions(**{k: p[k] for k in data + run}, command=command, train=train, finetune=finetune, prune=prune)
+
+
+def bench_device_options(p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """`pacb-edge bench`'s Jetson and Android options for its `--device`: (jetson, android, notes to print)."""
+    jetson: dict[str, Any] = {}
+    android: dict[str, Any] = {}
+    notes: list[str] = []
+    if p["device"] == "jetson":
+        if not p["host"] and not p["local"]:
+            raise PacbEdgeError("--device jetson needs --host user@ip (or --local on the Jetson itself)")
+        host = None if p["local"] else p["host"]
+        ssh = ssh_options(host, p["port"], p["ssh_config"], p["identity"], p["remote_dir"], p["python"])
+        jetson = dict(ssh, backend=p["backend"], precision=p["precision"])
+    elif p["device"] == "android":
+        delegate = p["delegate"]
+        old = [name for name in ("gpu", "nnapi", "xnnpack") if p[f"use_{name}"]]
+        if len(old) > 1:
+            raise PacbEdgeError("choose one delegate: --delegate cpu|xnnpack|gpu|nnapi")
+        if old:
+            notes.append(f"note: --use-{old[0]} is deprecated; use --delegate {old[0]}")
+            delegate = old[0]
+        keys = ("serial", "benchmark_binary", "eval_binary", "taskset")
+        android = dict({k: p[k] for k in keys}, delegate=delegate)
+    return jetson, android, notes
+
+
+def reproduce_config(p: dict[str, Any]):  # -> pacb_edge.reproduce.ReproduceConfig
+    """`pacb-edge reproduce`'s options as a `ReproduceConfig` (validated)."""
+    from pacb_edge.reproduce import ReproduceConfig
+
+    try:
+        ratios = tuple(float(r) for r in split_csv(p["ratios"])) if p["ratios"] is not None else None
+    except ValueError:
+        raise PacbEdgeError(f"--ratios expects comma-separated numbers, got {p['ratios']!r}") from None
+    device = p["device"]
+    android = ("serial", "benchmark_binary", "eval_binary")
+    same = (
+        "paper", "dataset", "data_dir", "download", "out", "budget", "quick", "seeds", "prune_ratio", "epochs",
+        "finetune_epochs", "sparsity", "width_mult", "limit", "train_limit", "device", "threads", "jobs", "progress",
+    )  # fmt: skip
+    cfg = ReproduceConfig(
+        **{k: p[k] for k in same},
+        ratios=ratios,
+        archs=tuple(split_csv(p["archs"])) if p["archs"] is not None else None,
+        jetson={k: p[k] for k in ("host", "port", "remote_dir")} if device == "jetson" else {},
+        android={k: p[k] for k in android} if device == "android" else {},
+    )
+    cfg.validate()
+    return cfg
