@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 
 from torch import nn
@@ -34,7 +36,8 @@ def create_model(
     """Build a registered model.
 
     `attention=None` keeps the architecture's own default (SE for MobileNetV3, none elsewhere); `"none"` removes it.
-    Raises `PacbEdgeError` listing the known names when `name` is unknown.
+    Raises `PacbEdgeError` listing the known names when `name` is unknown, and the builder's options for an option it
+    does not take.
     """
     if name not in _MODELS:
         raise PacbEdgeError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -44,4 +47,13 @@ def create_model(
         raise PacbEdgeError(f"in_chans must be 1 or 3, got {in_chans}")
     if width_mult <= 0:
         raise PacbEdgeError(f"width_mult must be > 0, got {width_mult}")
-    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, attention=attention, width_mult=width_mult, **kw)
+    builder = _MODELS[name]
+    try:
+        return builder(num_classes=num_classes, in_chans=in_chans, attention=attention, width_mult=width_mult, **kw)
+    except TypeError as e:  # a builder forwards **kw to helpers that take no such option
+        typo = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if typo is None or typo.group(1) not in kw:
+            raise
+        params = inspect.signature(builder).parameters.values()
+        named = ", ".join(p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD)
+        raise PacbEdgeError(f"model {name!r} takes no option {typo.group(1)!r}; its options: {named}") from None

@@ -147,3 +147,12 @@ def test_larger_inputs_work(arch):
     model = _small(arch, "ca", 3).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 48, 40)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_builder_refuses_an_unknown_option_in_one_line(name):
+    with pytest.raises(PacbEdgeError) as err:
+        create_model(name, width_mult=0.25, depth_mult=2.0)
+    message = str(err.value)
+    assert f"model {name!r} takes no option" in message and "depth_mult" in message
+    assert "num_classes" in message and "\n" not in message
