@@ -99,13 +99,41 @@ def _evaluate_stage(model, spec, bundle, out_dir: Path, title: str) -> dict[str,
     }
 
 
+def _fit_stage(
+    model, spec, bundle, opts: RunOptions, stage: str, out: Path, title: str, is_main: bool
+) -> dict[str, Any]:
+    """Train (`stage` "train") or fine-tune the model into `out`, then (on the main process) plot its curves and
+    evaluate it: the stage's record; {} on the other DDP processes."""
+    from pacb_edge.plots import plot_training_curves
+    from pacb_edge.train import fit
+
+    cfg = opts.train if stage == "train" else opts.finetune
+    verb = "train" if stage == "train" else "fine-tune"
+    model, history = fit(
+        model,
+        bundle.train,
+        bundle.val,
+        spec,
+        cfg,
+        out,
+        resume=opts.resume,
+        progress=opts.progress,
+        description=f"{verb} {spec.arch}",
+    )
+    if not is_main:
+        return {}
+    if history:
+        plot_training_curves(history, out / "curves.png", title=title)
+    label = f"{spec.arch} base" if stage == "train" else f"{spec.arch} pruned+fine-tuned"
+    return {**_evaluate_stage(model, spec, bundle, out, label), **_model_facts(model, spec), "epochs": cfg.epochs}
+
+
 def run_pipeline(opts: RunOptions) -> dict[str, Any]:
     """Run the requested stage(s); returns the updated metrics dict (also written to `out/metrics.json`)."""
     from pacb_edge.checkpoint import load_checkpoint, save_checkpoint
     from pacb_edge.data import load_dataset
     from pacb_edge.models import ModelSpec, create_model
-    from pacb_edge.plots import plot_training_curves
-    from pacb_edge.train import fit, seed_everything, setup_distributed
+    from pacb_edge.train import seed_everything, setup_distributed
 
     if opts.stage not in STAGES:
         raise PacbEdgeError(f"unknown stage {opts.stage!r}; choose one of {', '.join(STAGES)}")
@@ -172,28 +200,12 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
             model = create_model(spec.arch, **spec.model_kwargs())
             if opts.checkpoint is not None:
                 model, spec = load_on_this_split(opts.checkpoint)
-            model, history = fit(
-                model,
-                bundle.train,
-                bundle.val,
-                spec,
-                opts.train,
-                base_dir,
-                resume=opts.resume,
-                progress=opts.progress,
-                description=f"train {spec.arch}",
+            done = _fit_stage(
+                model, spec, bundle, opts, "train", base_dir, f"{spec.arch} ({spec.attention})", info.is_main
             )
             if not info.is_main:
                 continue
-            if history:
-                plot_training_curves(history, base_dir / "curves.png", title=f"{spec.arch} ({spec.attention})")
-            record = {
-                **_evaluate_stage(model, spec, bundle, base_dir, f"{spec.arch} base"),
-                **_model_facts(model, spec),
-                "epochs": opts.train.epochs,
-                "sparsity": opts.train.sparsity,
-                "train": dataclasses.asdict(opts.train),
-            }
+            record = {**done, "sparsity": opts.train.sparsity, "train": dataclasses.asdict(opts.train)}
         elif stage == "prune":
             if not info.is_main:
                 continue
@@ -228,26 +240,11 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
             source = opts.checkpoint if (opts.stage == "finetune" and opts.checkpoint) else pruned_dir
             model, spec = load_on_this_split(source)
             model.train()
-            model, history = fit(
-                model,
-                bundle.train,
-                bundle.val,
-                spec,
-                opts.finetune,
-                pruned_dir,
-                resume=opts.resume,
-                progress=opts.progress,
-                description=f"fine-tune {spec.arch}",
+            record = _fit_stage(
+                model, spec, bundle, opts, "finetune", pruned_dir, f"{spec.arch} pruned, fine-tuned", info.is_main
             )
             if not info.is_main:
                 continue
-            if history:
-                plot_training_curves(history, pruned_dir / "curves.png", title=f"{spec.arch} pruned, fine-tuned")
-            record = {
-                **_evaluate_stage(model, spec, bundle, pruned_dir, f"{spec.arch} pruned+fine-tuned"),
-                **_model_facts(model, spec),
-                "epochs": opts.finetune.epochs,
-            }
         else:  # eval
             if not info.is_main:
                 continue

@@ -18,6 +18,20 @@ def _seed():
     yield
 
 
+def fit_adam(model, batch, steps: int, lr: float = 1e-2):
+    """Train `model` with Adam on `steps` batches drawn by `batch()` (x, y), then put it in eval mode."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        x, y = batch()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
 def _train_tiny_run(out, model="mobilenetv3_small", attention="ca", prune="bn-scale"):
     from pacb_edge.pipeline import RunOptions, run_pipeline
     from pacb_edge.prune import PruneConfig

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import fit_adam
 
 from pacb_edge.errors import PacbEdgeError
 
@@ -95,15 +96,7 @@ def converted(tmp_path_factory):
         torch.manual_seed(0)
         generator = torch.Generator().manual_seed(1)
         templates = torch.randn(NUM_CLASSES, 3, SIZE, SIZE, generator=generator)
-        model = _tiny_cnn()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(40):
-            x, y = _synthetic(generator, templates, 64)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
+        model = fit_adam(_tiny_cnn(), lambda: _synthetic(generator, templates, 64), steps=40)
         calibration, _ = _synthetic(generator, templates, 100)
         x_test, y_test = _synthetic(generator, templates, 128)
         with torch.no_grad():

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import fit_adam
 
 needs_export = pytest.mark.skipif(
     any(find_spec(m) is None for m in ("torch", "onnx", "onnx2tf", "ai_edge_litert")),
@@ -63,15 +64,7 @@ def outlier(tmp_path_factory):
         torch.manual_seed(0)
         generator = torch.Generator().manual_seed(1)
         templates = torch.rand(NUM_CLASSES, 3, SIZE, SIZE, generator=generator) * 255
-        model = _outlier_cnn()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(80):
-            x, y = _synthetic(generator, templates, 64)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
+        model = fit_adam(_outlier_cnn(), lambda: _synthetic(generator, templates, 64), steps=80)
         with torch.no_grad():
             model.conv1.weight[0] *= 1000
             model.conv1.bias[0] *= 1000
