@@ -19,9 +19,9 @@ def repvgg_run(tmp_path_factory):
     return _train_tiny_run(tmp_path_factory.mktemp("repvgg_run"), model="repvgg_a0", attention="ca")
 
 
-# RepVGG's fused convs have activation outliers (max/mean ~ 250 after a short run), which per-tensor INT8 activation
-# quantization cannot resolve; its INT8 accuracy is measured and reported (README), not asserted here.
-@pytest.mark.parametrize(("run_name", "min_int8_top1"), [("tiny_run", 0.5), ("repvgg_run", 0.0)])
+# RepVGG-CA can collapse in INT8 even with float layers (README, INT8 section), so its accuracy is not asserted
+# here; what is asserted is that the budget loop ran on validation and kept what it says it kept.
+@pytest.mark.parametrize(("run_name", "min_int8_top1"), [("tiny_run", 0.5), ("repvgg_run", None)])
 def test_pruned_ca_checkpoint_to_int8_tflite(run_name, min_int8_top1, request, tmp_path):
     run = request.getfixturevalue(run_name)
     attempts: list = []
@@ -40,7 +40,14 @@ def test_pruned_ca_checkpoint_to_int8_tflite(run_name, min_int8_top1, request, t
     assert io["input"]["dtype"] == "int8" and io["output"]["dtype"] == "int8"
     assert int8["size_bytes"] < 0.6 * fp32["size_bytes"]  # tiny nets carry fixed overhead; real ones reach ~0.3x
     assert int8["verification"]["calibration_images"] == 64
-    assert int8["verification"]["top1"] >= min_int8_top1 and int8["verification"]["n"] == report["n_test"]
+    assert min_int8_top1 is None or int8["verification"]["top1"] >= min_int8_top1
+    assert int8["verification"]["n"] == report["n_test"]
+    q = int8["int8"]
+    assert q["budget_pp"] == 0.5 and q["met"] == (q["val"]["drop_pp"] <= 0.5) and q["val"]["n"] > 0
+    assert q["steps"][0]["action"] == "full INT8" and q["test"]["top1"] == int8["verification"]["top1"]
+    if not q["met"]:
+        assert q["val"]["drop_pp"] == min(s["drop_pp"] for s in q["steps"])
+    assert (tmp_path / q["report"]).is_file()
     assert "drop_vs_fp32_pp" in int8["verification"]
     manifest = read_manifest(int8["path"])
     assert manifest["input"]["layout"] == "NHWC" and manifest["input"]["dtype"] == "int8"
