@@ -120,6 +120,7 @@ def models_cmd(
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Architecture (see `pacb-edge models`).")] = "mobilenetv3_large",
     attention: Annotated[
         str | None, typer.Option(help="Attention module: ca, sca, se, cbam, eca, sge, lam, none.")
@@ -182,12 +183,10 @@ def train(
     config.toml, to repeat it with --config)."""
     import shlex
 
-    import click
-
     from pacb_edge.pipeline import run_pipeline
     from pacb_edge.run_config import CONFIG_NAME, write_config
 
-    params = {k: v for k, v in click.get_current_context().params.items() if k != "config"}
+    params = {k: v for k, v in ctx.params.items() if k != "config"}
     opts = run_options(params, shlex.join(["pacb-edge", *sys.argv[1:]]))
     write_config(out / CONFIG_NAME, params, opts.command)
     metrics = run_pipeline(opts)
@@ -318,6 +317,7 @@ def export(
 @app.command()
 @user_errors
 def bench(
+    ctx: typer.Context,
     artifacts: Annotated[list[Path], typer.Argument(help="Checkpoints, .onnx, .tflite files or Jetson bundles.")],
     device: Annotated[str, typer.Option(help="cpu, jetson or android.")] = "cpu",
     baseline: Annotated[Path | None, typer.Option(help="Artifact whose latency the speed-ups are relative to.")] = None,
@@ -400,11 +400,9 @@ def bench(
     ] = None,
 ) -> None:
     """Per-image latency alongside accuracy for every artifact, on the host, a Jetson or an Android phone."""
-    import click
-
     from pacb_edge.device_bench.bench import BenchOptions, run_bench, status_icon, write_reports
 
-    jetson_opts, android_opts, notes = bench_device_options(click.get_current_context().params)
+    jetson_opts, android_opts, notes = bench_device_options(ctx.params)
     for note in notes:
         err_console.print(note, highlight=False)
     opts = BenchOptions(
@@ -481,6 +479,7 @@ def demo(
 @app.command()
 @user_errors
 def reproduce(
+    ctx: typer.Context,
     paper: Annotated[str, typer.Argument(help="pacb (Tables 2-4) or cpsca (Tables 4-5).")],
     dataset: Annotated[
         str, typer.Option(help="digits (bundled), cifar10, cifar100, fashion-mnist or gtsrb (as `pacb-edge train`).")
@@ -542,11 +541,9 @@ def reproduce(
     sized for a 2-core CPU (pacb on fashion-mnist: an estimated 70 minutes). An interrupted run resumes cell by cell;
     --quick is a smoke test.
     """
-    import click
-
     from pacb_edge.reproduce import run_reproduce
 
-    cfg = reproduce_config(click.get_current_context().params)
+    cfg = reproduce_config(ctx.params)
     result = run_reproduce(cfg, log=lambda msg: err_console.print(f"[bold cyan]reproduce:[/] {msg}"))
     for line in result["preamble"]:
         console.print(line, highlight=False)
