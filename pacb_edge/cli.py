@@ -53,13 +53,14 @@ def _config_defaults(ctx: typer.Context, param: typer.CallbackParam, value: Path
 
     try:
         options = load_config(value)
-    except PacbEdgeError as e:
-        raise typer.BadParameter(str(e)) from None
-    known = {p.name for p in ctx.command.params if p.name != param.name}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        valid = ", ".join(sorted(k.replace("_", "-") for k in known))
-        raise typer.BadParameter(f"{value}: unknown option {unknown[0].replace('_', '-')!r}; valid: {valid}")
+        known = {p.name for p in ctx.command.params if p.name != param.name}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            valid = ", ".join(sorted(k.replace("_", "-") for k in known if k))
+            raise PacbEdgeError(f"{value}: unknown option {unknown[0].replace('_', '-')!r}; valid: {valid}")
+    except PacbEdgeError as e:  # before the command runs, so `user_errors` cannot catch it: the same one line
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
     ctx.default_map = {**(ctx.default_map or {}), **options}
     return value
 

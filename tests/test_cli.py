@@ -35,7 +35,7 @@ def test_piped_tables_are_markdown_with_whole_names():
     r = runner.invoke(app, ["models", "--arch", "qarepvgg_a0,mobilenetv3_large", "--attention", "none,ca"])
     assert r.exit_code == 0, r.output
     assert "| arch | attention | params (M) | MACs (M) | FLOPs (M) = 2xMACs |" in r.output
-    assert "|---|---|---:|---:|---:|" in r.output
+    assert "| --- | --- | ---: | ---: | ---: |" in r.output
     assert "| qarepvgg_a0 | ca |" in r.output and "| mobilenetv3_large | none |" in r.output
     assert "…" not in r.output and "┃" not in r.output
 
@@ -49,7 +49,7 @@ def test_markdown_table_keeps_every_cell_whole():
         "bench",
         "",
         "| artifact | p50 ms |",
-        "|---|---:|",
+        "| --- | ---: |",
         f"| {name} | 1.250 |",
         "| a\\|b | - |",
         "",
@@ -71,7 +71,10 @@ def test_train_writes_config_toml_that_repeats_the_run(tmp_path):
     saved = tomllib.loads(config.read_text())
     assert saved["epochs"] == 1 and saved["limit"] == 64 and saved["seed"] == 3 and saved["width-mult"] == 0.25
     assert saved["model"] == "mobilenetv3_large" and saved["out"] == str(first) and "config" not in saved
-    assert config.read_text().startswith("# pacb-edge train")
+    assert (
+        config.read_text().startswith("# pacb-edge ")
+        and "# Repeat this run with: pacb-edge train --config" in config.read_text()
+    )
     # The file gives every option; the command line still wins (here: --out).
     r = runner.invoke(app, ["train", "--config", str(config), "--out", str(again)])
     assert r.exit_code == 0, r.output
