@@ -539,7 +539,7 @@ def reproduce(
     channels, to test CPSCA >= Slimming >= L1-norm (benchmarks/cpsca_vgg16.sh).
 
     --budget paper is the papers' schedule (160 + 160 epochs, lr 0.1, batch 64): it needs a GPU. --budget cpu is
-    sized for a 2-core CPU (pacb on fashion-mnist: an estimated 70 minutes). An interrupted run resumes cell by cell;
+    sized for a 2-core CPU (pacb on fashion-mnist: 66 minutes measured). An interrupted run resumes cell by cell;
     --quick is a smoke test.
     """
     from pacb_edge.reproduce import run_reproduce

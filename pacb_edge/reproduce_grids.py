@@ -113,11 +113,9 @@ _CPU = dataclasses.replace(
 # The first version (4,000 images, batch 64, lr 0.1: 750 SGD steps) under-fitted: its last epoch's training top-1 was
 # 74-79 % and CA_Pruned reached 79.7 % (MobileNetV3) / 77.9 % (RepVGG), 12-15 pp under the paper. This one takes
 # 6,000 images (so 1,059 validation) and batch 32 at lr 0.05 (linear scaling): 2.6x the SGD steps for 1.5x the images
-# seen. Estimate ~70 min, from timing runs on this machine with two trainings side by side at 1 thread each
-# (Fashion-MNIST, 32x32, width 0.5): one epoch of MobileNetV3 CA over 4,000 images takes 27 s at batch 32, RepVGG
-# about 70 % of that; evaluating the 10,000 test images 18 s. Per part: MobileNetV3 ~22 min (Base, CA, fine-tuning,
-# evaluations and its exports), RepVGG ~16 min: 6 parts on 2 cores ~57 min, then the interleaved bench of 36
-# artifacts (each also scored on the 10,000 test images) ~10 min.
+# seen. Measured on 2026-11-30, alone on the 2 cores: 65.9 min (the 6 parts 61.0 min, the bench of 36 artifacts
+# 4.9 min). A part takes 23-24 min: MobileNetV3 Base / CA / fine-tuning train in 314 / 461 / 124 s, RepVGG in 251 /
+# 443 / 136 s, and the exports of its three models (ONNX, and INT8 with its accuracy-budget loop) 6-11 min.
 PACB_CPU = dataclasses.replace(_CPU, train_limit=6000, batch_size=32, lr=0.05, finetune_lr=0.01)
 # `pacb-edge reproduce cpsca --dataset fashion-mnist --budget cpu` (benchmarks/cpsca_vgg16.sh): the short schedule
 # (4,000 images, batch 64, lr 0.1) with VGG16 at width x0.25. Estimate ~60 min for 3 seeds on one thread, from the

@@ -265,11 +265,13 @@ def test_transcribed_paper_numbers_are_consistent():
 
 
 def _demo_schedule() -> Schedule:
-    """A schedule with the demo's settings (DemoConfig's defaults; the cpu budget has its batch and scheduler)."""
+    """A schedule with the demo's settings (DemoConfig's defaults; the cpu budget has its scheduler; the demo trains
+    at CellConfig's batch 64)."""
     demo = DemoConfig()
     return dataclasses.replace(
         PACB_CPU,
         name="demo",
+        batch_size=64,
         epochs=demo.epochs,
         finetune_epochs=demo.finetune_epochs,
         lr=demo.lr,
