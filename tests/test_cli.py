@@ -144,3 +144,25 @@ def test_demo_refuses_bad_settings_in_one_line_before_writing(tmp_path):
         r = runner.invoke(app, ["demo", "--out", str(out), *args])
         assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
         assert not out.exists()
+
+
+def test_demo_command_passes_its_options_and_prints_the_table(tmp_path, monkeypatch):
+    # The job itself is tested at a reduced size in test_demo.py; here: the command's options reach it, and its
+    # result is printed whole.
+    seen = []
+
+    def fake_run_demo(cfg, log):
+        seen.append(cfg)
+        log("seed 0; 2 jobs x 1 torch thread")
+        row = {"arch": "repvgg_a0", "variant": "CA_Pruned", "test_top1": 0.9667, "params": 2.741e6, "macs": 10.31e6}
+        row.update(onnx_ms=2.1, tflite_int8_ms=0.76, int8_top1=0.5815, tflite_int8_bytes=3887.8 * 1024)
+        return {"rows": [row], "timings_s": {"total": 517.0}}
+
+    monkeypatch.setattr("pacb_edge.experiments.run_demo", fake_run_demo)
+    args = ["demo", "--out", str(tmp_path), "--epochs", "3", "--seed", "7", "--jobs", "1", "--no-progress"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    (cfg,) = seen
+    assert (cfg.out, cfg.epochs, cfg.seed, cfg.jobs, cfg.progress) == (tmp_path, 3, 7, 1, False)
+    assert "| RepVGG-A0 CA_Pruned | 96.67 | 2.741 | 10.31 | 2.100 | 0.760 | 58.15 | 3887.8 |" in r.output
+    assert "total 517 s" in r.output and "seed 0; 2 jobs" in r.output
