@@ -10,7 +10,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -45,6 +45,12 @@ def main_options(
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", handlers=[handler], force=True)
 
 
+def _exit_with(error: PacbEdgeError, code: int) -> NoReturn:
+    """A user mistake: one line on stderr, exit `code`, no traceback."""
+    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=code) from None
+
+
 def _config_defaults(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
     """--config FILE: the file's options become this command's defaults (the command line still wins)."""
     if value is None or ctx.resilient_parsing:
@@ -59,8 +65,7 @@ def _config_defaults(ctx: typer.Context, param: typer.CallbackParam, value: Path
             valid = ", ".join(sorted(k.replace("_", "-") for k in known if k))
             raise PacbEdgeError(f"{value}: unknown option {unknown[0].replace('_', '-')!r}; valid: {valid}")
     except PacbEdgeError as e:  # before the command runs, so `user_errors` cannot catch it: the same one line
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        _exit_with(e, code=2)
     ctx.default_map = {**(ctx.default_map or {}), **options}
     return value
 
@@ -73,8 +78,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except PacbEdgeError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=e.exit_code) from None
+            _exit_with(e, code=e.exit_code)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(code=130) from None

@@ -1,6 +1,6 @@
 """The command line's options turned into the library's configurations: what `pacb-edge train`, `bench` and
 `reproduce` hand to `run_pipeline`, `run_bench` and `run_reproduce`. Each takes the command's parameters as a dict
-(`click`'s `ctx.params`), so the command itself only parses and calls.
+(typer's `ctx.params`), so the command itself only parses and calls.
 
 Heavy libraries are imported inside the functions (the CLI module imports this one at start-up).
 """

@@ -16,7 +16,7 @@ from typing import Any
 from pacb_edge.cells import CellConfig, CellRunner
 from pacb_edge.errors import PacbEdgeError
 from pacb_edge.fileio import atomic_write_json, atomic_write_text, ensure_dir
-from pacb_edge.parallel import in_parallel, job_count
+from pacb_edge.parallel import in_parallel, job_count, thread_plan
 
 # PACB's variants: the paper's Base (the architecture as published: SE in MobileNetV3, none in RepVGG), Base+CA
 # (CA in every block, sparsity-trained), and Base+CA+Pruned (bn-scale pruning of that model, fine-tuned).
@@ -132,11 +132,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     threads = pin_threads(cfg.threads)
     cells = demo_cells(cfg)
     jobs = job_count(cfg.jobs, len(cells))
-    job_threads = max(1, threads // jobs)
-    log(
-        f"seed {cfg.seed}; {jobs} job{'s' if jobs > 1 else ''} x {job_threads} torch thread"
-        f"{'s' if job_threads > 1 else ''} for training and export, {threads} for the bench"
-    )
+    job_threads, plan = thread_plan(jobs, threads)
+    log(f"seed {cfg.seed}; {plan}")
     trained: dict[int, tuple[str, dict[str, Any]]] = {}
 
     def trained_one(i: int, result: tuple[str, dict[str, Any], float]) -> None:

@@ -12,6 +12,16 @@ def job_count(jobs: int | None, n_calls: int) -> int:
     return max(1, min(jobs or (os.cpu_count() or 1), n_calls))
 
 
+def thread_plan(jobs: int, threads: int) -> tuple[int, str]:
+    """Torch threads per job when `jobs` share `threads` (at least one), and the plan in words for the log."""
+    job_threads = max(1, threads // jobs)
+    words = (
+        f"{jobs} job{'s' if jobs > 1 else ''} x {job_threads} torch thread{'s' if job_threads > 1 else ''} "
+        f"for training and export, {threads} for the bench"
+    )
+    return job_threads, words
+
+
 def in_parallel(jobs: int, calls: list[tuple[Callable[..., Any], tuple]], on_done: Callable[[int, Any], None]) -> None:
     """Run `calls` (function, args) in `jobs` fresh worker processes (spawned: no torch/TF state is shared), or here
     when `jobs` is 1; `on_done(index, result)` in completion order. A worker's error is raised here.

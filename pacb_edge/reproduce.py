@@ -47,7 +47,7 @@ from pacb_edge.paper_numbers import (
     paper_dataset,
     paper_numbers,
 )
-from pacb_edge.parallel import in_parallel, job_count
+from pacb_edge.parallel import in_parallel, job_count, thread_plan
 from pacb_edge.reproduce_grids import (
     ARCHS,
     BUDGETS,
@@ -369,11 +369,8 @@ def _run_grid(
     threads = pin_threads(cfg.threads)
     parts = [(seed, arch) for arch in grid_archs(cfg) for seed in seeds]
     jobs = job_count(cfg.jobs or threads, len(parts))
-    job_threads = max(1, threads // jobs)
-    log(
-        f"{len(parts)} grid part(s) (architecture x seed): {jobs} job{'s' if jobs > 1 else ''} x {job_threads} torch "
-        f"thread{'s' if job_threads > 1 else ''} for training and export, {threads} for the bench"
-    )
+    job_threads, plan = thread_plan(jobs, threads)
+    log(f"{len(parts)} grid part(s) (architecture x seed): {plan}")
     done: dict[int, tuple[list[dict[str, Any]], dict[str, float]]] = {}
 
     def finished(i: int, result: tuple[list[dict[str, Any]], dict[str, float]]) -> None:
