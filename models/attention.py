@@ -124,6 +124,19 @@ class ChannelAttentionBase(nn.Module):
         """
         self.last_channel_attention = attention.detach().reshape(attention.shape[0], -1)
 
+    def gate_layers(self) -> tuple[nn.Module, ...]:
+        """The layers whose output is the gate's pre-activation (what `zero_init_gate` zeroes); none by default."""
+        return ()
+
+    @torch.no_grad()
+    def zero_init_gate(self) -> bool:
+        """Zero the weights of `gate_layers()`, so that at init the gate is a constant and the module a uniform
+        rescale (what SGE and SCA start from). Returns False when the module has no such layer. QARepVGG blocks
+        call it; see `pacb_edge.models.repvgg` for the measurement behind it."""
+        for layer in self.gate_layers():
+            nn.init.zeros_(layer.weight)
+        return bool(self.gate_layers())
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
 
@@ -154,6 +167,9 @@ class SqueezeExcite(ChannelAttentionBase):
         self.fc2 = nn.Conv2d(rd, channels, 1, bias=True)
         self.gate = GATES[gate]()
 
+    def gate_layers(self) -> tuple[nn.Module, ...]:
+        return (self.fc2,)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
         self._record(s)
@@ -177,6 +193,9 @@ class CoordAttention(ChannelAttentionBase):
         self.act = nn.Hardswish()
         self.conv_h = nn.Conv2d(mip, channels, 1)
         self.conv_w = nn.Conv2d(mip, channels, 1)
+
+    def gate_layers(self) -> tuple[nn.Module, ...]:
+        return (self.conv_h, self.conv_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -305,6 +324,9 @@ class ECA(ChannelAttentionBase):
         super().__init__(channels)
         k = kernel_size or _eca_kernel_size(channels, gamma, beta)
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+    def gate_layers(self) -> tuple[nn.Module, ...]:
+        return (self.conv,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = _channel_conv_gate(self.conv, x)
