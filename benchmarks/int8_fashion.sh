@@ -7,7 +7,8 @@
 #
 # The models are the checkpoints of `pacb-edge reproduce pacb --dataset fashion-mnist --budget cpu` (seed 0) and
 # `benchmarks/cpsca_vgg16.sh` (seed 0), plus a QARepVGG-A0 CA trained and pruned with the same schedule (trained here
-# when missing). Arguments: none. PACB, CPSCA, OUT, THREADS (default 1) and BUDGET (default 0.5) may be set.
+# when missing). Arguments: none. PACB, CPSCA, OUT, THREADS (default 1), BUDGET (default 0.5) and JOBS (exports run
+# side by side, default 1; the bench always runs alone) may be set.
 set -euo pipefail
 PCB=${PCB:-.venv/bin/pacb-edge}
 PACB=${PACB:-runs/reproduce_pacb_fashion-mnist_cpu/seed0}
@@ -16,6 +17,7 @@ QAREP=${QAREP:-runs/int8/qarepvgg_a0_ca}
 OUT=${OUT:-runs/int8}
 THREADS=${THREADS:-1}
 BUDGET=${BUDGET:-0.5}
+JOBS=${JOBS:-1}
 
 if [[ ! -f "$QAREP/pruned/model.safetensors" ]]; then
   # The reproduce cpu budget's schedule (pacb_edge/reproduce_grids.py, PACB_CPU) for the QARep block.
@@ -33,17 +35,27 @@ declare -A MODELS=(
   [vgg16_sca_cpsca50]="$CPSCA/vgg16_sca-attention_r0.50/pruned"
 )
 artifacts=()
+pids=()
 for name in mobilenetv3_large_ca_pruned repvgg_a0_ca_pruned qarepvgg_a0_ca_pruned vgg16_sca vgg16_sca_cpsca50; do
   ckpt=${MODELS[$name]}
   if [[ ! -f "$ckpt/model.safetensors" ]]; then
     echo "int8_fashion: $ckpt/model.safetensors is missing; run the Fashion-MNIST reproductions first" >&2
     exit 1
   fi
+  while :; do  # at most JOBS exports at a time (`jobs` in a pipeline would see no jobs)
+    running=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && running=$((running + 1)); done
+    (( running < JOBS )) && break
+    sleep 2
+  done
   # --allow-drop: a missed budget is a result to report here, not a reason to stop the table.
   "$PCB" export "$ckpt" --target tflite --precision fp32,int8 --int8-budget "$BUDGET" --allow-drop \
-    --out "$OUT/$name"
+    --out "$OUT/$name" > "$OUT/$name.export.log" 2>&1 &
+  pids+=($!)
   artifacts+=("$OUT/$name/model_fp32.tflite" "$OUT/$name/model_int8.tflite")
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
+echo "int8_fashion: exports done after ${SECONDS} s"
 "$PCB" bench "${artifacts[@]}" --device cpu --threads "$THREADS" --runs 200 --out "$OUT/bench"
 exec "${PCB%pacb-edge}python" "$(dirname "$0")/int8_table.py" "$OUT" mobilenetv3_large_ca_pruned repvgg_a0_ca_pruned \
   qarepvgg_a0_ca_pruned vgg16_sca vgg16_sca_cpsca50

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ class ExportContext:
     max_int8_drop: float = 1.0
     allow_drop: bool = False
     int8_budget: float = 0.5
+    int8_float_ops: tuple[str, ...] = ()  # TFLite operator types kept in float in every INT8 candidate
     # Raw-pixel validation images and labels: mixed precision is chosen on them, never on the test split.
     validation: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
     notes: list[str] = field(default_factory=list)
@@ -223,10 +224,17 @@ def _int8_chooser(ctx: ExportContext, calibration_nchw: np.ndarray, record: dict
         step = max(1, len(calibration_nchw) // DEBUG_IMAGES)
         debug = calibration_nchw[::step][:DEBUG_IMAGES].transpose(0, 2, 3, 1)
         record["layers"] = calibration.layer_report(debug)
+        keep = None
+        if ctx.int8_float_ops:
+            nodes = calibration.ops_of_types(ctx.int8_float_ops)
+            if nodes:
+                keep = ("ops " + ",".join(ctx.int8_float_ops), nodes)
+            else:
+                ctx.notes.append(f"--int8-float-ops: the model has no {', '.join(ctx.int8_float_ops)} operator")
         x_val, y_val = ctx.validation() if ctx.validation else (np.empty((0,)), np.empty((0,)))
         if len(x_val) == 0:
-            ctx.notes.append("no validation images: INT8 is full INT8, --int8-budget was not checked")
-            return calibration.quantize()
+            ctx.notes.append("no validation images: INT8 was not checked against --int8-budget")
+            return calibration.quantize(keep[1] if keep else ())
         x_val = x_val.astype(np.float32)
         fp32_top1 = float((torch_logits(ctx.model, x_val).argmax(1) == y_val).mean())
         result = fit_int8_budget(
@@ -236,6 +244,7 @@ def _int8_chooser(ctx: ExportContext, calibration_nchw: np.ndarray, record: dict
             fp32_top1,
             ctx.int8_budget,
             work,
+            keep_float=keep,
         )
         record.update(result=result, val_n=int(len(x_val)), val_fp32_top1=fp32_top1)
         if not result.met:
@@ -442,6 +451,7 @@ def export_checkpoint(
     max_int8_drop: float = 1.0,
     allow_drop: bool = False,
     int8_budget: float = 0.5,
+    int8_float_ops: Sequence[str] = (),
     data_dir: str | None = None,
     eval_limit: int | None = None,
     ssh: dict[str, Any] | None = None,
@@ -450,7 +460,8 @@ def export_checkpoint(
 
     Verification uses the test split the checkpoint was trained with (`rebuild_dataset`). Every artifact takes raw
     pixels. INT8 TFLite keeps the fewest layers in float that hold its validation-split drop to `int8_budget` pp
-    (a `PacbEdgeError`, and no file written, when it cannot, unless `allow_drop`). `ssh` (host, port, ssh_config,
+    (a `PacbEdgeError`, and no file written, when it cannot, unless `allow_drop`), with the operator types in
+    `int8_float_ops` (e.g. HARD_SWISH) in float in every candidate. `ssh` (host, port, ssh_config,
     identity_file, remote_dir, python) sends a TensorRT bundle to a Jetson to build and verify its engines there.
     """
     from pacb_edge.checkpoint import load_checkpoint, resolve_checkpoint
@@ -464,6 +475,12 @@ def export_checkpoint(
         raise PacbEdgeError("INT8 needs calibration data: --calibration-images must be at least 1")
     if "trt" in precisions:
         get_profile(trt_version)  # an unknown version is refused before any work
+    if int8_float_ops:
+        if "int8" not in precisions.get("tflite", ()):
+            raise PacbEdgeError("--int8-float-ops applies to INT8 TFLite only: add --target tflite with int8")
+        from pacb_edge.export.tflite_quant import check_op_types
+
+        int8_float_ops = check_op_types(int8_float_ops)
     weights = resolve_checkpoint(checkpoint)
     model, spec = load_checkpoint(weights)
     out = ensure_dir(out_dir or default_out_dir(weights))
@@ -506,6 +523,7 @@ def export_checkpoint(
         max_int8_drop=max_int8_drop,
         allow_drop=allow_drop,
         int8_budget=int8_budget,
+        int8_float_ops=tuple(int8_float_ops),
         validation=validation,
         ssh=dict(ssh or {}),
         model_facts=model_facts,

@@ -19,7 +19,7 @@ import contextlib
 import csv
 import io
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,21 @@ def op_counts(model: bytes) -> dict[str, int]:
     for op in graph_ops(model):
         counts[op.type] = counts.get(op.type, 0) + 1
     return counts
+
+
+def check_op_types(types: Iterable[str]) -> tuple[str, ...]:
+    """TFLite builtin operator type names (`HARD_SWISH`, `LOGISTIC`, ...), upper-cased, without repeats; a one-line
+    `PacbEdgeError` names any that TFLite does not have."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    known = {name for name in vars(schema.BuiltinOperator) if not name.startswith("_")}
+    wanted = tuple(dict.fromkeys(t.strip().upper() for t in types if t.strip()))
+    unknown = [t for t in wanted if t not in known]
+    if unknown:
+        raise PacbEdgeError(
+            f"unknown TFLite operator type(s) {', '.join(unknown)}; use builtin names such as HARD_SWISH, LOGISTIC"
+        )
+    return wanted
 
 
 class Int8Calibration:
@@ -187,6 +202,11 @@ class Int8Calibration:
             )
         return sorted(rows, key=lambda r: -(r["channel_error"] or 0.0))
 
+    def ops_of_types(self, types: Iterable[str]) -> set[str]:
+        """The names of every operator whose type is in `types` (e.g. {"HARD_SWISH"})."""
+        wanted = set(types)
+        return {op.name for op in self.ops if op.type in wanted}
+
     def float_tensor(self, name: str) -> set[str]:
         """Operators to keep in float so tensor `name` is never quantized: its producer and its consumers, through
         ops that reuse their input's scale (PAD, RESHAPE, ...)."""
@@ -259,6 +279,7 @@ def fit_int8_budget(
     work_dir: str | Path,
     max_steps: int = 8,
     max_float_fraction: float = 0.25,
+    keep_float: tuple[str, Collection[str]] | None = None,
 ) -> BudgetResult:
     """Grow the set of float layers until INT8 loses at most `budget_pp` top-1 points against `fp32_top1`.
 
@@ -268,9 +289,13 @@ def fit_int8_budget(
     that keeps the float operators outside the islands within `max_float_fraction` of all operators. Once met,
     each earlier layer is tried back in INT8 and stays there if the budget still holds. Returns the smallest float
     set that met the budget, else the candidate with the smallest drop.
+
+    `keep_float` (label, operator names) is kept in float in every candidate after step 0 (e.g. HARD_SWISH, which
+    XNNPACK runs in float only): step 0 stays the full-INT8 reference, step 1 adds them, and growing starts there.
     """
     work = Path(work_dir)
     cap = int(max_float_fraction * len(calibration.ops))
+    required = (keep_float[0], set(keep_float[1])) if keep_float and keep_float[1] else None
     queue: list[tuple[str, set[str]]] = []
     islands = set(calibration.islands())
     if islands:
@@ -309,9 +334,15 @@ def fit_int8_budget(
 
     layers: list[tuple[str, set[str]]] = []
     drop = attempt(layers, "full INT8")
-    while drop > budget_pp and len(steps) <= max_steps:
+    first = 0  # the first step that is a candidate (has the required float operators)
+    if required:
+        layers = [required]
+        drop = attempt(layers, f"float {required[0]}")
+        first = 1
+    exempt = islands | (required[1] if required else set())
+    while drop > budget_pp and len(steps) <= max_steps + first:
         chosen = _union(layers)
-        nxt = next((g for g in queue if not g[1] <= chosen and len((chosen | g[1]) - islands) <= cap), None)
+        nxt = next((g for g in queue if not g[1] <= chosen and len((chosen | g[1]) - exempt) <= cap), None)
         if nxt is None:
             break
         queue.remove(nxt)
@@ -320,12 +351,12 @@ def fit_int8_budget(
     met = drop <= budget_pp
     pick = len(steps) - 1
     if met:
-        for layer in list(layers[:-1]):
+        for layer in [g for g in layers[:-1] if g is not required]:
             trial = [g for g in layers if g is not layer]
             if _union(trial) != _union(layers) and attempt(trial, f"int8 {layer[0]}") <= budget_pp:
                 layers, pick = trial, len(steps) - 1
     else:
-        pick = min(range(len(steps)), key=lambda i: (steps[i]["drop_pp"], steps[i]["n_float_ops"]))
+        pick = min(range(first, len(steps)), key=lambda i: (steps[i]["drop_pp"], steps[i]["n_float_ops"]))
     return BudgetResult(
         model=models[pick],
         full_int8=models[0],

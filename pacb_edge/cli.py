@@ -261,6 +261,14 @@ def export(
     int8_budget: Annotated[
         float, typer.Option(metavar="PP", help="INT8: fewest float layers that keep the validation drop <= PP.")
     ] = 0.5,
+    int8_float_ops: Annotated[
+        str,
+        typer.Option(
+            metavar="OPS",
+            help="INT8 TFLite: operator types kept in float in every candidate (comma-separated; HARD_SWISH: "
+            "XNNPACK has no INT8 h-swish).",
+        ),
+    ] = "",
     data_dir: Annotated[str | None, typer.Option(help="Dataset folder, for verification on real test images.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Verify on the first N test images only.")] = None,
     host: Annotated[
@@ -305,6 +313,7 @@ def export(
         max_int8_drop=max_int8_drop,
         allow_drop=allow_drop,
         int8_budget=int8_budget,
+        int8_float_ops=[t for t in int8_float_ops.split(",") if t.strip()],
         data_dir=data_dir,
         eval_limit=eval_limit,
         ssh=ssh_options(host, port, ssh_config, identity, remote_dir, python) if host else None,

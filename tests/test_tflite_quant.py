@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from importlib.util import find_spec
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -103,6 +104,9 @@ def outlier(tmp_path_factory):
         seen["fit"] = fit_int8_budget(*args, 0.5, work, max_float_fraction=1.0)
         seen["negative"] = fit_int8_budget(*args, -100.0, work, max_steps=2, max_float_fraction=1.0)
         seen["no_steps"] = fit_int8_budget(*args, 0.5, work, max_steps=0)
+        keep = ("ops MEAN", calibration_model.ops_of_types(["MEAN"]))
+        seen["keep"] = fit_int8_budget(*args, 0.5, work, max_float_fraction=1.0, keep_float=keep)
+        seen["keep_easy"] = fit_int8_budget(*args, 100.0, work, keep_float=keep)
         return seen["fit"].model
 
     files = convert_onnx_to_tflite(
@@ -192,6 +196,35 @@ def test_unmeetable_budget_returns_the_best_try(outlier):
     assert no_steps.drop_pp == pytest.approx(no_steps.full_int8_drop_pp)
 
 
+@needs_export
+def test_required_float_ops_are_in_every_candidate_after_the_full_int8_reference(outlier):
+    from pacb_edge.export.tflite_quant import op_counts
+
+    means = {op.name for op in outlier.ops if op.type == "MEAN"}
+    assert means
+    keep, easy = outlier.keep, outlier.keep_easy
+    assert keep.steps[0]["action"] == "full INT8" and keep.steps[0]["n_float_ops"] == 0
+    assert keep.steps[1]["action"] == "float ops MEAN" and keep.steps[1]["n_float_ops"] == len(means)
+    # The outlier conv is still floated to meet the budget, and the MEAN stays float while earlier layers are
+    # tried back in INT8.
+    assert keep.met and means <= set(keep.float_nodes) and _conv1(outlier.ops).name in keep.float_nodes
+    assert all(step["float_layers"][0] == "ops MEAN" for step in keep.steps[1:])
+    assert keep.full_int8 == outlier.full and keep.full_int8_drop_pp == pytest.approx(outlier.fit.full_int8_drop_pp)
+    # A budget that full INT8 already meets still gets the required float operators.
+    assert easy.met and easy.float_layers == ["ops MEAN"] and set(easy.float_nodes) == means
+    assert len(easy.steps) == 2 and op_counts(easy.model).get("DEQUANTIZE", 0) >= 1
+
+
+@needs_export
+def test_unknown_operator_type_is_one_line():
+    from pacb_edge.errors import PacbEdgeError
+    from pacb_edge.export.tflite_quant import check_op_types
+
+    assert check_op_types(["hard_swish", " LOGISTIC", "HARD_SWISH", ""]) == ("HARD_SWISH", "LOGISTIC")
+    with pytest.raises(PacbEdgeError, match="unknown TFLite operator type.*HARD_SWISHH"):
+        check_op_types(["HARD_SWISHH"])
+
+
 def test_calibration_default_is_300_class_balanced_train_images():
     from pacb_edge.data import CALIBRATION_IMAGES, load_dataset
 
@@ -247,6 +280,51 @@ def test_unmeetable_budget_via_cli_is_one_line_and_leaves_nothing(small_checkpoi
     assert "--int8-budget -100.00 pp" in line and "drops" in line and "--allow-drop" in line
     assert "Traceback" not in r.output
     assert not out.exists() or not list(out.rglob("*"))
+
+
+@needs_export
+def test_int8_float_ops_bad_use_is_one_line_before_any_work(small_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from pacb_edge.cli import app
+
+    out = tmp_path / "o"
+    base = ["export", str(small_checkpoint), "--out", str(out)]
+    for extra, expected in (
+        (["--target", "tflite", "--precision", "int8", "--int8-float-ops", "HARD_SWISH,NOPE"], "NOPE"),
+        (["--target", "onnx", "--int8-float-ops", "HARD_SWISH"], "INT8 TFLite only"),
+    ):
+        r = CliRunner().invoke(app, [*base, *extra])
+        assert r.exit_code == 1, r.output
+        (line,) = [ln for ln in r.output.splitlines() if "error:" in ln]
+        assert expected in line and "Traceback" not in r.output
+        assert not out.exists() or not list(out.rglob("*"))
+
+
+@pytest.mark.slow
+@needs_export
+def test_export_keeps_the_named_op_types_in_float_and_times_them(small_checkpoint, tmp_path):
+    from pacb_edge.export.api import export_checkpoint
+    from pacb_edge.export.tflite_quant import graph_ops
+
+    report = export_checkpoint(
+        small_checkpoint,
+        ["tflite"],
+        precision="int8",
+        out_dir=tmp_path,
+        calibration_images=32,
+        allow_drop=True,
+        int8_budget=100.0,
+        int8_float_ops=["hard_swish"],
+    )
+    (art,) = report["artifacts"]
+    q = art["int8"]
+    assert q["float_layers"] == ["ops HARD_SWISH"] and q["steps"][1]["action"] == "float ops HARD_SWISH"
+    # The float set is exactly the model's h-swish operators, and each adds a DEQUANTIZE in front of it.
+    ops = [op for op in graph_ops(Path(art["path"]).read_bytes()) if op.type == "HARD_SWISH"]
+    assert ops and len(ops) == len(q["float_nodes"])
+    assert q["dequantize_ops"] > q["full_int8_dequantize_ops"]
+    assert q["latency"]["ratio"] > 0 and q["latency"]["full_int8_ms"] > 0
 
 
 @pytest.mark.slow
