@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # INT8 that keeps its accuracy, on Fashion-MNIST (issue "INT8 that keeps its accuracy"): for each model, export FP32 +
 # INT8 TFLite with the per-layer report and mixed precision to --int8-budget (chosen on the validation split), then
-# one interleaved host bench of every FP32 and INT8 file (XNNPACK, the same thread count for all, 1,000 runs), and the table
-# `int8_results.{json,md}` in OUT: INT8 - PyTorch FP32 top-1 on the 10,000 test images, INT8 / FP32 size, INT8 / FP32
-# TFLite latency, and the layers kept in float.
+# one interleaved host bench of every FP32 and INT8 file (XNNPACK, the same thread count for all, 1,000 runs), and
+# the table `int8_results.{json,md}` in OUT: INT8 - PyTorch FP32 top-1 on the 10,000 test images, INT8 / FP32 size,
+# INT8 / FP32 TFLite latency, and the layers kept in float.
 #
 # The models are the checkpoints of `pacb-edge reproduce pacb --dataset fashion-mnist --budget cpu` (seed 0) and
 # `benchmarks/cpsca_vgg16.sh` (seed 0), plus a QARepVGG-A0 CA trained and pruned with the same schedule (trained here
