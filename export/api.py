@@ -253,6 +253,7 @@ def _int8_chooser(ctx: ExportContext, calibration_nchw: np.ndarray, record: dict
                 f"{len(result.steps)} tries drops {result.drop_pp:.2f} pp with {len(result.float_layers)} layer "
                 f"group(s) in float (full INT8: {result.full_int8_drop_pp:.2f} pp)"
             )
+            message += int8_hint(ctx.spec)
             if not ctx.allow_drop:
                 raise PacbEdgeError(message + "; pass --allow-drop to keep it")
             ctx.notes.append(message + " — kept by --allow-drop")
@@ -272,6 +273,16 @@ def _int8_chooser(ctx: ExportContext, calibration_nchw: np.ndarray, record: dict
         return result.model
 
     return choose
+
+
+def int8_hint(spec) -> str:
+    """What to change when the budget is missed, where the cause is known: RepVGG with attention (its identity BNs
+    blow up the activation range; see README, INT8 section)."""
+    attention = (getattr(spec, "attention", None) or "none").lower()
+    if getattr(spec, "arch", "").startswith("repvgg_") and attention != "none":
+        qarep = spec.arch.replace("repvgg_", "qarepvgg_", 1)
+        return f" (RepVGG with attention: train the QARep block, --model {qarep}, for INT8)"
+    return ""
 
 
 def _int8_summary(ctx: ExportContext, record: dict[str, Any], verification: dict[str, Any], fp32_top1: float):

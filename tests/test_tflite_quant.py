@@ -346,3 +346,13 @@ def test_export_records_the_int8_choice(small_checkpoint, tmp_path):
     assert (tmp_path / INT8_REPORT_NAME).is_file() and (tmp_path / INT8_REPORT_NAME).with_suffix(".png").is_file()
     line = int8_line("model_int8.tflite", q)
     assert all(w["name"] in line for w in q["worst_layers"]) and "\n" not in line
+
+
+def test_missed_budget_hint_names_the_qarep_block_for_repvgg_with_attention():
+    from pacb_edge.export.api import int8_hint
+    from pacb_edge.models import ModelSpec
+
+    assert "--model qarepvgg_a1" in int8_hint(ModelSpec(arch="repvgg_a1", attention="ca"))
+    assert int8_hint(ModelSpec(arch="repvgg_a0", attention=None)) == ""
+    assert int8_hint(ModelSpec(arch="qarepvgg_a0", attention="ca")) == ""
+    assert int8_hint(ModelSpec(arch="mobilenetv3_large", attention="ca")) == ""
