@@ -133,9 +133,10 @@ class ChannelAttentionBase(nn.Module):
         """Zero the weights of `gate_layers()`, so that at init the gate is a constant and the module a uniform
         rescale (what SGE and SCA start from). Returns False when the module has no such layer. QARepVGG blocks
         call it; see `pacb_edge.models.repvgg` for the measurement behind it."""
-        for layer in self.gate_layers():
+        layers = self.gate_layers()
+        for layer in layers:
             nn.init.zeros_(layer.weight)
-        return bool(self.gate_layers())
+        return bool(layers)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
