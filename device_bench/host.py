@@ -149,23 +149,41 @@ def runner_for(path: str | Path, threads: int | None = None) -> HostRunner:
     return cls(p, threads)
 
 
-def time_interleaved(
-    calls: dict[str, Callable[[], Any]], warmup: int, runs: int, min_time: float = 0.0
-) -> dict[str, list[float]]:
-    """Per-call latencies in ms, the calls interleaved A B A B ... so machine drift cancels in their ratios.
+BLOCK = 4  # runs of one artifact in a row per round; the first is untimed (see `time_interleaved`)
 
-    Each call gets `warmup` untimed runs, then at least `runs` timed rounds, more until `min_time` seconds passed.
+
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], warmup: int, runs: int, min_time: float = 0.0, block: int = BLOCK
+) -> dict[str, list[float]]:
+    """Per-call latencies in ms, the calls interleaved round by round so machine drift cancels in their ratios.
+
+    Each call gets `warmup` untimed runs. Then every round runs each call `block` times in a row and times all but
+    the first (with `block=1`, the one run is timed), until each call has at least `runs` samples and `min_time`
+    seconds passed; each round starts one call further on, so every call takes every position equally often.
+
+    Why blocks: a model run right after another model pays for cold caches and waking threads. At 32x32 on a 2-core
+    VM that first run took up to twice the steady-state time (onnxruntime, MobileNetV3-L x0.5), which squeezes the
+    ratios between artifacts towards 1; a deployed model runs back to back. Why the rotation: in a fixed order the
+    first call of a round measured up to 8 % slower than the last one, for the same model.
     """
     for fn in calls.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {k: [] for k in calls}
+    keys = list(calls)
+    timed = max(1, block - 1) if block > 1 else 1
+    samples: dict[str, list[float]] = {k: [] for k in keys}
     start = time.perf_counter()
     rounds = 0
-    while rounds < runs or (time.perf_counter() - start) < min_time:
-        for key, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[key].append((time.perf_counter() - t0) * 1e3)
+    while rounds * timed < runs or (time.perf_counter() - start) < min_time:
+        shift = rounds % len(keys) if keys else 0
+        for key in keys[shift:] + keys[:shift]:
+            fn = calls[key]
+            for j in range(block):
+                t0 = time.perf_counter()
+                fn()
+                if block == 1 or j > 0:
+                    samples[key].append((time.perf_counter() - t0) * 1e3)
         rounds += 1
+    if min_time <= 0:  # exactly `runs` samples each, as asked (the last round may time a few more)
+        samples = {k: v[:runs] for k, v in samples.items()}
     return samples

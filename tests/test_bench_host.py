@@ -31,11 +31,21 @@ def test_latency_stats_nearest_rank():
     assert s["mean"] == pytest.approx(50.5) and s["count"] == 100
 
 
-def test_time_interleaved_alternates_calls():
+def test_time_interleaved_alternates_calls_in_rotating_blocks():
     order = []
-    samples = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, runs=3)
-    assert order == ["a", "b"] + ["a", "b"] * 3
+    calls = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    samples = time_interleaved(calls, warmup=1, runs=3, block=1)
+    # Warm-up once each, then one run each per round, each round starting one call further on.
+    assert order == ["a", "b", "c"] + ["a", "b", "c"] + ["b", "c", "a"] + ["c", "a", "b"]
     assert len(samples["a"]) == len(samples["b"]) == 3
+    order.clear()
+    samples = time_interleaved(calls, warmup=0, runs=4, block=3)
+    # Blocks of 3 runs; the first of each block is untimed, so 2 rounds give 4 samples each.
+    assert order == ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["b"] * 3 + ["c"] * 3 + ["a"] * 3
+    assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 4, "c": 4}
+    # 5 samples need 3 rounds (6 timed runs each); exactly the 5 asked for are kept.
+    samples = time_interleaved(calls, warmup=0, runs=5, block=3)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 5, "b": 5, "c": 5}
 
 
 def test_bench_cpu_records_latency_and_accuracy(tiny_run, onnx_pair, tmp_path):
