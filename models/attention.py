@@ -9,7 +9,7 @@ All modules export to ONNX (opset 17) with plain ops: means and maxima over expl
 GroupNorm, sigmoid and reshapes whose sizes come from `x.shape`. No adaptive pooling with `None` sizes (it
 breaks ONNX export, CoordAttention issue #6).
 
-Defaults for values the paper copies lost are documented on each class (see /work/shared/papers/README.md).
+Defaults for values the paper copies lost are documented on each class (see the method notes beside the papers).
 """
 
 from __future__ import annotations
@@ -127,6 +127,13 @@ class ChannelAttentionBase(nn.Module):
     def gate_layers(self) -> tuple[nn.Module, ...]:
         """The layers whose output is the gate's pre-activation (what `zero_init_gate` zeroes); none by default."""
         return ()
+
+    def spatial_gate_output(self) -> nn.Module | None:
+        """The layer whose output is a one-channel spatial gate (N, 1, H, W) multiplied into every channel, or None.
+
+        Such a gate does not depend on which channels are kept (it pools over all of them), so structural pruning
+        treats it as independent of the channels (`pacb_edge.prune`)."""
+        return None
 
     @torch.no_grad()
     def zero_init_gate(self) -> bool:
@@ -304,6 +311,9 @@ class CBAM(ChannelAttentionBase):
         self.spatial_conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.spatial_bn = nn.BatchNorm2d(1)
 
+    def spatial_gate_output(self) -> nn.Module:
+        return self.spatial_bn
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
         mx = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))
@@ -357,6 +367,9 @@ class LAM(ChannelAttentionBase):
         self.eca_conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
         self.spatial_dw = nn.Conv2d(2, 2, kernel_size, padding=kernel_size // 2, groups=2, bias=False)
         self.spatial_pw = nn.Conv2d(2, 1, 1, bias=True)
+
+    def spatial_gate_output(self) -> nn.Module:
+        return self.spatial_pw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = _channel_conv_gate(self.eca_conv, x)

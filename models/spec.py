@@ -39,6 +39,8 @@ class ModelSpec:
     layers: dict[str, dict[str, int | str]] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     reparameterized: bool = False
+    # The channel multiple kept widths were rounded up to when pruned: {"round_to", "multiple", "target", ...}.
+    alignment: dict[str, Any] = field(default_factory=dict)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `create_model` that rebuild the unpruned network."""

@@ -1,4 +1,7 @@
-"""Structural pruning: every criterion on the papers' tiny models; the result is smaller, runs, reloads and exports."""
+"""Structural pruning: every criterion on the papers' tiny models; the result is smaller, runs, reloads and exports.
+
+The tiny models (width x0.25) are narrower than the runtimes' channel multiples, so tests of the criteria and of exact
+counts prune with `round_to=1`; the alignment tests use the default ("auto")."""
 
 import io
 
@@ -40,7 +43,7 @@ def test_criterion_prunes_structurally(arch, attention, criterion, tmp_path):
     model, spec = _model(arch, attention)
     images = torch.randn(24, 3, 32, 32)
     pruned, pruned_spec, report = prune_model(
-        model, spec, PruneConfig(criterion=criterion, prune_ratio=0.4), score_images=images
+        model, spec, PruneConfig(criterion=criterion, prune_ratio=0.4, round_to=1), score_images=images
     )
     assert count_params(pruned) < count_params(model)
     assert count_flops(pruned, 32)["flops"] < count_flops(model, 32)["flops"]
@@ -86,7 +89,7 @@ def test_cpsca_removes_sca_modules_and_keeps_highest_attention_channels():
     model, spec = _model("vgg16", "sca")
     images = torch.randn(16, 3, 32, 32)
     pruned, pruned_spec, report = prune_model(
-        model, spec, PruneConfig(criterion="sca-attention", prune_ratio=0.5), score_images=images
+        model, spec, PruneConfig(criterion="sca-attention", prune_ratio=0.5, round_to=1), score_images=images
     )
     assert not any(isinstance(m, SpatialChannelAttention) for m in pruned.modules())
     assert len(pruned_spec.removed) == 13
@@ -104,18 +107,18 @@ def test_min_channels_and_round_to_are_respected():
 def test_per_layer_ratio_and_threshold():
     model, spec = _model("vgg16", "none")
     pruned, pruned_spec, _ = prune_model(
-        model, spec, PruneConfig(criterion="l1-norm", prune_ratio=None, layer_ratios={"features.3.0": 0.5})
+        model, spec, PruneConfig(criterion="l1-norm", prune_ratio=None, layer_ratios={"features.3.0": 0.5}, round_to=1)
     )
     before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert pruned_spec.layers["features.3.0"]["out"] == before["features.3.0"] // 2
     assert pruned_spec.layers["features.4.0"]["out"] == before["features.4.0"]
     _, spec_thr, report = prune_model(
-        model, spec, PruneConfig(criterion="bn-scale", prune_ratio=None, prune_threshold=0.5)
+        model, spec, PruneConfig(criterion="bn-scale", prune_ratio=None, prune_threshold=0.5, round_to=1)
     )
     assert 0 < report["removed_channels"] < report["prunable_channels"]
     # A per-layer ratio wins for its conv's whole group, here with the depthwise conv and CA gate it feeds.
     model, spec = _model("mobilenetv3_large", "ca")
-    cfg = PruneConfig(criterion="l1-norm", prune_ratio=0.3, layer_ratios={"features.2.block.0.0": 0.5})
+    cfg = PruneConfig(criterion="l1-norm", prune_ratio=0.3, layer_ratios={"features.2.block.0.0": 0.5}, round_to=1)
     _, _, report = prune_model(model, spec, cfg)
     assert report["after"]["widths"]["features.2.block.1.0"] == report["before"]["widths"]["features.2.block.1.0"] // 2
 
@@ -125,16 +128,19 @@ def test_counts_are_exact_and_the_report_counts_what_surgery_removed():
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][1:]
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][1:]
     # Global: int(0.8 * N). Torch-Pruning alone keeps int(N * (1 - 0.8)): for this N one channel fewer (float 1 - 0.8).
-    _, _, report = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.8, min_channels=1))
+    _, _, report = prune_model(
+        model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.8, min_channels=1, round_to=1)
+    )
     before, after = report["before"]["widths"], report["after"]["widths"]
     assert report["prunable_channels"] == sum(before[n] for n in convs) and report["prunable_channels"] % 5 == 0
     assert report["removed_channels"] == int(0.8 * report["prunable_channels"])
     assert report["removed_channels"] == sum(before[n] - after[n] for n in convs)
     # Layer scope: each conv loses int(0.3 * its width).
-    _, _, report = prune_model(model, spec, PruneConfig(criterion="l1-norm", prune_ratio=0.3))
+    _, _, report = prune_model(model, spec, PruneConfig(criterion="l1-norm", prune_ratio=0.3, round_to=1))
     assert all(report["after"]["widths"][n] == w - int(0.3 * w) for n, w in before.items() if n in convs)
     # Threshold: exactly the channels scoring below it.
-    _, _, report = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=None, prune_threshold=0.5))
+    cfg = PruneConfig(criterion="bn-scale", prune_ratio=None, prune_threshold=0.5, round_to=1)
+    _, _, report = prune_model(model, spec, cfg)
     assert report["removed_channels"] == sum(int((bn.weight < 0.5).sum()) for bn in bns)
 
 
@@ -143,7 +149,7 @@ def test_ties_at_the_global_threshold_are_broken_in_group_order():
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data = (torch.arange(m.num_features) % 4 + 1) / 4  # a quarter each of 0.25, 0.5, 0.75, 1
-    _, _, report = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.3))
+    _, _, report = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.3, round_to=1))
     # Not all channels tied at the threshold (0.5), which would be half of them: the first in Torch-Pruning's group
     # order (the output side first) go.
     assert report["removed_channels"] == int(0.3 * report["prunable_channels"])
@@ -152,11 +158,41 @@ def test_ties_at_the_global_threshold_are_broken_in_group_order():
     assert widths[-1] == before[-1] // 2 and widths[0] == before[0] * 3 // 4
 
 
-@pytest.mark.parametrize("attention", ["cbam", "lam"])
-def test_attention_with_a_spatial_gate_is_refused(attention):
-    model, spec = _model("vgg16", attention)
-    with pytest.raises(PacbEdgeError, match="cannot be pruned"):
-        prune_model(model, spec, PruneConfig())
+@pytest.mark.parametrize(
+    ("arch", "attention"), [("vgg16", "cbam"), ("mobilenetv2", "lam"), ("mobilenetv3_large", "cbam")]
+)
+def test_attention_with_a_spatial_gate_prunes_trains_and_exports(arch, attention, tmp_path):
+    """CBAM's and LAM's one-channel spatial gate does not depend on the channels kept: the model prunes like one
+    without it, its gates keep working, one fine-tuning step runs, and ONNX and TFLite agree with PyTorch."""
+    from pacb_edge.export.onnx import export_onnx, onnx_logits, pixel_input
+    from pacb_edge.models.attention import CBAM, LAM
+
+    model, spec = _model(arch, attention)
+    _, _, plain = prune_model(*_model(arch, "none"), PruneConfig(prune_ratio=0.4, round_to=1))
+    pruned, pruned_spec, report = prune_model(model, spec, PruneConfig(prune_ratio=0.4, round_to=1))
+    assert report["removed_channels"] > 0
+    # Every group a model without attention has is prunable here too (none is coupled through the gate).
+    assert report["prunable_channels"] >= plain["prunable_channels"]
+    gates = [m for m in pruned.modules() if isinstance(m, (CBAM, LAM))]
+    assert gates and all(m.spatial_gate_output().weight.shape[0] == 1 for m in gates), "the gate stays one channel"
+    cbam = [m for m in gates if isinstance(m, CBAM)]
+    assert all(m.fc1.in_channels == m.fc2.out_channels for m in cbam), "CBAM's channel MLP is cut with its channels"
+    assert not cbam or any(m.fc1.in_channels < m.channels for m in cbam)
+    assert not any(m._forward_hooks for m in pruned.modules()), "the tracing hooks must not stay on the model"
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.randint(0, 10, (4,))
+    pruned.train()
+    optimizer = torch.optim.SGD(pruned.parameters(), lr=0.01)
+    loss = torch.nn.functional.cross_entropy(pruned(x), y)
+    loss.backward()
+    optimizer.step()
+    pruned.eval()
+    save_checkpoint(pruned, pruned_spec, tmp_path / "ckpt")
+    reloaded, _ = load_checkpoint(tmp_path / "ckpt")
+    raw = np.random.default_rng(0).uniform(0, 255, (3, 3, 32, 32)).astype(np.float32)
+    reference = pixel_input(reloaded, pruned_spec)(torch.from_numpy(raw)).detach().numpy()
+    path = export_onnx(reloaded, pruned_spec, tmp_path / "model.onnx")
+    assert np.abs(onnx_logits(path, raw) - reference).max() < 1e-3 * max(1.0, float(np.abs(reference).max()))
 
 
 def test_repvgg_pruned_in_train_form_then_reparameterized_agrees():
@@ -188,3 +224,67 @@ def test_attention_criterion_needs_matching_attention():
     model, spec = _model("vgg16", "ca", width=0.25)
     with pytest.raises(PacbEdgeError, match="SpatialChannelAttention"):
         prune_model(model, spec, PruneConfig(criterion="sca-attention"), score_images=torch.randn(4, 3, 32, 32))
+
+
+def test_auto_alignment_keeps_every_pruned_conv_at_the_targets_multiple():
+    """`round_to="auto"` with an onnxruntime target: every pruned conv keeps a multiple of the table's value for
+    this host (or its original count, when that was not cut), and the spec and report record the multiple."""
+    from pacb_edge.runtimes import target_multiple
+
+    multiple = target_multiple("onnxruntime").multiple
+    model, spec = _model("mobilenetv3_large", "ca", width=1.0)
+    pruned, pruned_spec, report = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.5))
+    before, after = report["before"]["widths"], report["after"]["widths"]
+    cut = {n: w for n, w in after.items() if w < before[n]}
+    assert cut, "a 50 % prune cuts some convs"
+    assert all(w % multiple == 0 for w in cut.values()), {n: w for n, w in cut.items() if w % multiple}
+    assert report["round_to"] == multiple and report["alignment"]["round_to"] == "auto"
+    assert pruned_spec.alignment["multiple"] == multiple and pruned_spec.alignment["target"] == "onnxruntime"
+    # A number still forces its multiple; 1 keeps the criterion's exact counts.
+    _, _, report8 = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.5, round_to=8))
+    assert all(w % 8 == 0 for n, w in report8["after"]["widths"].items() if w < before[n])
+    _, _, exact = prune_model(model, spec, PruneConfig(criterion="bn-scale", prune_ratio=0.5, round_to=1))
+    assert exact["removed_channels"] == int(0.5 * exact["prunable_channels"])
+    assert report["removed_channels"] < exact["removed_channels"], "rounding up keeps channels"
+
+
+def test_auto_alignment_follows_the_latency_target():
+    model, spec = _model("vgg16", "none", width=0.5)
+    for target, options, multiple in (("jetson", {"precision": "int8"}, 32), ("android", {"delegate": "gpu"}, 4)):
+        cfg = PruneConfig(prune_ratio=0.6, latency_target=target, target_options=options)
+        _, pruned_spec, report = prune_model(model, spec, cfg)
+        assert report["round_to"] == multiple and pruned_spec.alignment["multiple"] == multiple
+        cut = [w for n, w in report["after"]["widths"].items() if w < report["before"]["widths"][n]]
+        assert cut and all(w % multiple == 0 for w in cut)
+
+
+def test_group_widths_are_kept_exactly_and_the_analysis_counts_their_macs():
+    from pacb_edge.prune import analyze
+
+    model, spec = _model("mobilenetv3_large", "ca", width=0.5)
+    analysis = analyze(model, spec, PruneConfig(criterion="bn-scale"))
+    assert analysis.groups and all(len(g.scores) == g.channels for g in analysis.groups)
+    widths = [analysis.width_options(i)[len(analysis.width_options(i)) // 2] for i in range(len(analysis.groups))]
+    cfg = PruneConfig(
+        criterion="bn-scale", group_widths={g.root: w for g, w in zip(analysis.groups, widths, strict=True)}
+    )
+    pruned, _, report = prune_model(model, spec, cfg)
+    assert {g.root: report["after"]["widths"][g.root] for g in analysis.groups} == dict(
+        zip([g.root for g in analysis.groups], widths, strict=True)
+    )
+    # The analysis counts the MACs of any widths without pruning (what the latency model's features are).
+    assert analysis.macs(widths) == pytest.approx(count_flops(pruned, 32)["macs"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"round_to": "fast"}, "--round-to takes"),
+        ({"round_to": 0}, "--round-to must be"),
+        ({"latency_target": "gpu"}, "unknown --latency-target"),
+    ],
+)
+def test_bad_alignment_options_are_user_errors(kwargs, message):
+    model, spec = _model("resnet56", "none", width=0.25)
+    with pytest.raises(PacbEdgeError, match=message):
+        prune_model(model, spec, PruneConfig(**kwargs))
