@@ -162,7 +162,45 @@ def train(
     prune_threshold: Annotated[float | None, typer.Option(help="Remove channels scoring below this instead.")] = None,
     layer_ratio: Annotated[list[str] | None, typer.Option(help="Per-layer ratio NAME=RATIO (repeatable).")] = None,
     min_channels: Annotated[int, typer.Option(help="Never keep fewer channels in a layer.")] = 4,
-    round_to: Annotated[int, typer.Option(help="Round kept channel counts up to a multiple (e.g. 8).")] = 1,
+    round_to: Annotated[
+        str,
+        typer.Option(
+            help="Round kept channel counts up to a multiple: auto (the --latency-target runtime's, see "
+            "`pacb-edge runtimes`) or a number (1: no rounding)."
+        ),
+    ] = "auto",
+    latency_target: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel="Latency (pruning to a measured budget)",
+            help="Where the model will run: onnxruntime, tflite, tflite-int8 (this host), jetson or android. "
+            "Picks --round-to auto's multiple and where a budget is measured.",
+        ),
+    ] = "onnxruntime",
+    latency_budget: Annotated[
+        float | None,
+        typer.Option(
+            metavar="MS",
+            rich_help_panel="Latency (pruning to a measured budget)",
+            help="Prune to this per-image latency (ms) on --latency-target, measured; instead of --prune-ratio.",
+        ),
+    ] = None,
+    latency_ratio: Annotated[
+        float | None,
+        typer.Option(
+            metavar="R",
+            rich_help_panel="Latency (pruning to a measured budget)",
+            help="Prune to R x the unpruned model's latency on --latency-target, measured.",
+        ),
+    ] = None,
+    latency_table: Annotated[
+        Path | None,
+        typer.Option(
+            rich_help_panel="Latency (pruning to a measured budget)",
+            help="Latency table from `pacb-edge profile` (reused only when every key matches; default: "
+            "profiled into the run directory).",
+        ),
+    ] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning.")] = 10,
     finetune_lr: Annotated[float | None, typer.Option(help="Fine-tuning LR (default: lr / 5).")] = None,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
@@ -193,14 +231,154 @@ def train(
 
     params = {k: v for k, v in ctx.params.items() if k != "config"}
     opts = run_options(params, shlex.join(["pacb-edge", *sys.argv[1:]]))
-    write_config(out / CONFIG_NAME, params, opts.command)
-    metrics = run_pipeline(opts)
+    metrics = run_pipeline(
+        opts,
+        before_write=lambda: write_config(out / CONFIG_NAME, params, opts.command),
+        log=lambda msg: err_console.print(f"[bold cyan]latency:[/] {msg}", highlight=False, soft_wrap=True),
+    )
     _print_run_summary(metrics, out)
 
 
 def _print_run_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     print_table(console, f"run {run_dir}", view.RUN_HEADER, view.run_rows(metrics))
+    for line in view.prune_lines(metrics):
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(f"metrics: {run_dir / 'metrics.json'}")
+
+
+@app.command("runtimes")
+@user_errors
+def runtimes_cmd(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON here.")] = None,
+) -> None:
+    """The channel multiple each runtime wants (what --round-to auto rounds kept widths up to), with its source."""
+    from pacb_edge.fileio import atomic_write_json
+    from pacb_edge.runtimes import CHANNEL_MULTIPLES, LATENCY_TARGETS, host_isa, target_multiple
+
+    rows = [[r.runtime, r.precision, r.isa, str(r.multiple), r.source, r.measured or r.note] for r in CHANNEL_MULTIPLES]
+    header = ("runtime", "precision", "isa", "multiple", "source", "measured / note")
+    print_table(console, "Channel multiples per runtime", header, rows, label_columns=3)
+    auto = {t: target_multiple(t).multiple for t in LATENCY_TARGETS}
+    console.print(
+        f"this host: {host_isa()}; --round-to auto per --latency-target: "
+        + ", ".join(f"{t} {m}" for t, m in auto.items()),
+        highlight=False,
+    )
+    if json_out is not None:
+        atomic_write_json(json_out, {"rows": [r.to_dict() for r in CHANNEL_MULTIPLES], "auto_here": auto})
+        console.print(f"wrote {json_out}")
+
+
+@app.command("profile")
+@user_errors
+def profile_cmd(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory (its unpruned base/), stage directory or file.")],
+    target: Annotated[str, typer.Option(help="onnxruntime, tflite, tflite-int8 (this host), jetson or android.")] = (
+        "onnxruntime"
+    ),
+    threads: Annotated[
+        int | None, typer.Option(help="Inference threads (default: all cores here; the runner's on a device).")
+    ] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per candidate model.")] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per candidate model.")] = 20,
+    models: Annotated[
+        int | None, typer.Option(help="Random-width models to fit on (default: 3 per coefficient, at least 24).")
+    ] = None,
+    held_out: Annotated[int, typer.Option(help="Random-width models kept out of the fit, to check it.")] = 8,
+    prune: Annotated[str, typer.Option(help="The criterion the table serves (attention criteria remove theirs).")] = (
+        "bn-scale"
+    ),
+    min_channels: Annotated[int, typer.Option(help="Smallest width a group may keep.")] = 4,
+    round_to: Annotated[str, typer.Option(help="Channel multiple: auto (the target's) or a number.")] = "auto",
+    out: Annotated[
+        Path | None, typer.Option(help="Table JSON (default: latency_table_<target>.json in the run directory).")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Dataset folder (real images calibrate INT8 candidates).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(rich_help_panel="Jetson (--target jetson)", help="user@host.")] = None,
+    port: Annotated[int | None, typer.Option(rich_help_panel="Jetson (--target jetson)", help="ssh port.")] = None,
+    remote_dir: Annotated[
+        str, typer.Option(rich_help_panel="Jetson (--target jetson)", help="Folder on the device.")
+    ] = "~/pacb_edge",
+    local: Annotated[
+        bool, typer.Option(rich_help_panel="Jetson (--target jetson)", help="Run on this machine (the Jetson).")
+    ] = False,
+    python: Annotated[
+        str, typer.Option(rich_help_panel="Jetson (--target jetson)", help="Python with TensorRT on the device.")
+    ] = "python3",
+    identity: Annotated[
+        str | None, typer.Option(rich_help_panel="Jetson (--target jetson)", help="ssh identity file.")
+    ] = None,
+    ssh_config: Annotated[
+        str | None, typer.Option(rich_help_panel="Jetson (--target jetson)", help="ssh config file.")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(rich_help_panel="Jetson (--target jetson)", help="tensorrt or onnxruntime.")
+    ] = "tensorrt",
+    precision: Annotated[
+        str | None,
+        typer.Option(help="jetson: fp32, fp16 (default) or int8; android: fp32 (default) or int8 TFLite."),
+    ] = None,
+    serial: Annotated[
+        str | None, typer.Option(rich_help_panel="Android (--target android)", help="adb serial.")
+    ] = None,
+    benchmark_binary: Annotated[
+        Path | None,
+        typer.Option(rich_help_panel="Android (--target android)", help="TFLite benchmark_model for the phone."),
+    ] = None,
+    delegate: Annotated[
+        str, typer.Option(rich_help_panel="Android (--target android)", help="cpu, xnnpack, gpu or nnapi.")
+    ] = "xnnpack",
+    taskset: Annotated[
+        str | None, typer.Option(rich_help_panel="Android (--target android)", help="CPU affinity mask.")
+    ] = None,
+) -> None:
+    """Measure how the model's latency on a runtime responds to each prunable group's width: the latency table
+    `train --latency-budget/--latency-ratio` prunes with. Candidate models are real prunes of CHECKPOINT, exported
+    to the target's format and measured there; a latency model is fitted to them and checked on held-out ones."""
+    import shlex
+
+    from pacb_edge.checkpoint import load_checkpoint
+    from pacb_edge.cli_options import profile_options
+    from pacb_edge.data import rebuild_dataset
+    from pacb_edge.latency_profile import group_rows, profile_latency, table_name, write_profile
+
+    source = checkpoint / "base" if (checkpoint / "base" / "model.safetensors").is_file() else checkpoint
+    profile, opts = profile_options(ctx.params)
+    model, spec = load_checkpoint(source)
+    if out is None:
+        out = (checkpoint if checkpoint.is_dir() and source != checkpoint else source if source.is_dir() else
+               source.parent) / table_name(target)  # fmt: skip
+    images = rebuild_dataset(spec, data_dir=data_dir).calibration_images(32, raw=True).astype("float32")
+    command = shlex.join(["pacb-edge", *sys.argv[1:]])
+    table = profile_latency(
+        model,
+        spec,
+        images,
+        profile,
+        opts,
+        log=lambda m: err_console.print(f"[bold cyan]profile:[/] {m}"),
+        command=command,
+    )
+    files = write_profile(table, out)
+    header = ("group (root conv)", "channels", "smallest", "predicted change, half (ms)", "at smallest (ms)")
+    key = table.key
+    title = f"{key.arch} at {key.input_size}px on {key.runtime} ({key.runtime_version}, {key.threads} threads)"
+    print_table(console, title, header, group_rows(table), label_columns=1)
+    v = table.validation
+    console.print(
+        f"unpruned {table.unpruned_ms:.3f} ms, full-width reference {table.reference_ms:.3f} ms, floor (every group "
+        f"at its smallest) {table.floor_ms:.3f} ms; channel multiple {key.multiple}",
+        highlight=False,
+    )
+    console.print(
+        f"prediction error on {v['held_out_models']} held-out models: mean {100 * v['mean_abs_error']:.1f} %, max "
+        f"{100 * v['max_abs_error']:.1f} % (the same model in two sessions differed by {100 * abs(v['noise']):.1f} %)",
+        highlight=False,
+    )
+    console.print(f"{table.meta['seconds']:.0f} s; table: {files['json']}, {files['csv']}, {files['png']}")
 
 
 @app.command("check")
@@ -458,6 +636,13 @@ def demo(
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed for the splits, the initial weights and the loaders.")] = 0,
     prune_ratio: Annotated[float, typer.Option(help="Global fraction of channels PACB removes.")] = 0.3,
+    latency_ratio: Annotated[
+        float | None,
+        typer.Option(
+            metavar="R",
+            help="Also prune each CA model to R x its measured onnxruntime latency (the CA_Latency rows).",
+        ),
+    ] = None,
     width_mult: Annotated[float, typer.Option(help="Width multiplier (1.0 = the papers' models).")] = 1.0,
     bench_runs: Annotated[int, typer.Option(help="Timed runs per artifact.")] = 100,
     threads: Annotated[int | None, typer.Option(help="Torch threads in all (default: all cores).")] = None,
@@ -475,6 +660,7 @@ def demo(
         finetune_epochs=finetune_epochs,
         seed=seed,
         prune_ratio=prune_ratio,
+        latency_ratio=latency_ratio,
         width_mult=width_mult,
         bench_runs=bench_runs,
         threads=threads,
@@ -513,6 +699,12 @@ def reproduce(
     data_dir: Annotated[str | None, typer.Option(help="Where the dataset files are.")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset into --data-dir.")] = False,
     prune_ratio: Annotated[float, typer.Option(help="pacb: fraction of channels bn-scale removes.")] = 0.3,
+    latency_ratio: Annotated[
+        float | None,
+        typer.Option(
+            metavar="R", help="pacb: also prune CA to R x its measured onnxruntime latency (CA_Latency rows)."
+        ),
+    ] = None,
     ratios: Annotated[
         str | None, typer.Option(help="cpsca: comma-separated channel ratios (default: the paper's levels).")
     ] = None,

@@ -7,6 +7,7 @@ Heavy libraries are imported inside the functions (the CLI module imports this o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pacb_edge.errors import PacbEdgeError
@@ -73,8 +74,14 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
         epochs=p["finetune_epochs"], lr=p["finetune_lr"] or p["lr"] / 5, warmup_epochs=0, sparsity=0.0, **common
     )
     prune = None
+    budget = p["latency_budget"] is not None or p["latency_ratio"] is not None
+    latency = target = None
     if p["prune"] != "none":
         given = p["prune_ratio"] is not None or p["prune_threshold"]
+        if budget and (given or p["layer_ratio"]):
+            raise PacbEdgeError("a latency budget chooses the widths itself: drop --prune-ratio, --prune-threshold "
+                                "and --layer-ratio, or the budget")  # fmt: skip
+        target = latency_target_options(p["latency_target"], p["threads"], p["latency_table"], budget)
         prune = PruneConfig(
             criterion=p["prune"],
             prune_ratio=p["prune_ratio"] if given else 0.3,
@@ -82,16 +89,56 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
             layer_ratios=parse_layer_ratios(p["layer_ratio"] or []),
             min_channels=p["min_channels"],
             round_to=p["round_to"],
+            latency_target=p["latency_target"],
+            target_options=target.multiple_options(),
             seed=p["seed"],
         )
         prune.validate()
+        if budget:
+            from pacb_edge.latency_profile import LatencyBudget
+
+            latency = LatencyBudget(budget_ms=p["latency_budget"], ratio=p["latency_ratio"])
+            latency.validate()
     elif p["stage"] in ("prune", "finetune"):
         raise PacbEdgeError(f"--stage {p['stage']} needs a pruning criterion (--prune ...)")
+    elif budget:
+        raise PacbEdgeError("--latency-budget and --latency-ratio need a pruning criterion (--prune ...)")
     for cfg in (train, finetune):
         cfg.validate()
     data = ("model", "attention", "dataset", "data_dir", "download", "input_size", "input_stem", "width_mult")
     run = ("grayscale_to_rgb", "limit", "train_limit", "threads", "out", "stage", "checkpoint", "resume", "progress")
-    return RunOptions(**{k: p[k] for k in data + run}, command=command, train=train, finetune=finetune, prune=prune)
+    return RunOptions(
+        **{k: p[k] for k in data + run},
+        command=command,
+        train=train,
+        finetune=finetune,
+        prune=prune,
+        latency=latency,
+        latency_target=target,
+        latency_table=p["latency_table"],
+    )
+
+
+def latency_target_options(target: str, threads: int | None, table: Path | None, budget: bool):
+    """Where a prune's latency is measured. Host runtimes run here with the run's threads; a Jetson or a phone is
+    reached as the latency table made by `pacb-edge profile` on it says (so the table is required there)."""
+    from pacb_edge.latency_profile import LatencyTargetOptions
+    from pacb_edge.runtimes import HOST_TARGETS, check_target
+
+    check_target(target)
+    if target in HOST_TARGETS or not budget:
+        return LatencyTargetOptions(target=target, threads=threads)
+    if table is None or not Path(table).is_file():
+        raise PacbEdgeError(
+            f"a latency budget on --latency-target {target} needs the table `pacb-edge profile --target {target}` "
+            "made on the device: pass it with --latency-table"
+        )
+    from pacb_edge.latency import LatencyTable
+
+    settings = LatencyTable.load(table).target
+    if settings.get("target") != target:
+        raise PacbEdgeError(f"latency table {table} was measured on {settings.get('target')!r}, not {target}")
+    return LatencyTargetOptions.from_settings(settings)
 
 
 def bench_device_options(p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
@@ -130,7 +177,8 @@ def reproduce_config(p: dict[str, Any]):  # -> pacb_edge.reproduce.ReproduceConf
     android = ("serial", "benchmark_binary", "eval_binary")
     same = (
         "paper", "dataset", "data_dir", "download", "out", "budget", "quick", "seeds", "prune_ratio", "epochs",
-        "finetune_epochs", "sparsity", "width_mult", "limit", "train_limit", "device", "threads", "jobs", "progress",
+        "latency_ratio", "finetune_epochs", "sparsity", "width_mult", "limit", "train_limit", "device", "threads",
+        "jobs", "progress",
     )  # fmt: skip
     cfg = ReproduceConfig(
         **{k: p[k] for k in same},
@@ -141,3 +189,40 @@ def reproduce_config(p: dict[str, Any]):  # -> pacb_edge.reproduce.ReproduceConf
     )
     cfg.validate()
     return cfg
+
+
+def profile_options(p: dict[str, Any]):  # -> (latency_profile.ProfileConfig, latency_profile.LatencyTargetOptions)
+    """`pacb-edge profile`'s options as the profile's configuration and the target's (validated)."""
+    from pacb_edge.latency_profile import LatencyTargetOptions, ProfileConfig
+    from pacb_edge.prune import CRITERIA
+    from pacb_edge.runtimes import check_target, parse_round_to
+
+    check_target(p["target"])
+    if p["prune"] not in CRITERIA:
+        raise PacbEdgeError(f"unknown pruning criterion {p['prune']!r}; known: {', '.join(CRITERIA)}")
+    if p["min_channels"] < 1:
+        raise PacbEdgeError(f"--min-channels must be >= 1, got {p['min_channels']}")
+    jetson: dict[str, Any] = {}
+    android: dict[str, Any] = {}
+    if p["target"] == "jetson":
+        host = None if p["local"] else p["host"]
+        jetson = dict(ssh_options(host, p["port"], p["ssh_config"], p["identity"], p["remote_dir"], p["python"]))
+        jetson.update(backend=p["backend"], precision=p["precision"] or "fp16", local=p["local"])
+    elif p["target"] == "android":
+        android = {k: p[k] for k in ("serial", "benchmark_binary", "delegate", "taskset")}
+        android["precision"] = p["precision"] or "fp32"
+    elif p["precision"] is not None:
+        raise PacbEdgeError(f"--precision is for jetson and android; --target {p['target']} sets its own")
+    profile = ProfileConfig(
+        criterion=p["prune"],
+        min_channels=p["min_channels"],
+        round_to=parse_round_to(p["round_to"]),
+        models=p["models"],
+        held_out=p["held_out"],
+    )
+    opts = LatencyTargetOptions(
+        target=p["target"], threads=p["threads"], warmup=p["warmup"], runs=p["runs"], jetson=jetson, android=android
+    )
+    profile.validate()
+    opts.validate()
+    return profile, opts

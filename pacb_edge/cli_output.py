@@ -88,6 +88,30 @@ def run_rows(metrics: dict[str, Any]) -> list[list[str]]:
     return out
 
 
+def prune_lines(metrics: dict[str, Any]) -> list[str]:
+    """What a run's prune stage did beyond the table: the channel multiple, and a latency budget's outcome."""
+    rec = metrics.get("stages", {}).get("prune")
+    if not rec:
+        return []
+    lines = []
+    align = rec.get("alignment") or {}
+    if align:
+        how = "auto: " + str(align.get("target")) if align.get("round_to") == "auto" else "--round-to"
+        lines.append(f"pruned widths rounded up to multiples of {align.get('multiple')} ({how})")
+    lat = rec.get("latency")
+    if lat:
+        budget = lat["budget"]
+        asked = f"{budget['budget_ms']:g} ms" if budget.get("budget_ms") is not None else f"{budget['ratio']:g} x"
+        threads = f"{lat['threads']} thread{'s' if lat['threads'] != 1 else ''}"
+        lines.append(
+            f"latency budget {asked} on {lat['runtime']} ({threads}): "
+            f"{'met' if lat['met'] else 'MISSED'}, measured {lat['measured_ms']:.3f} ms = "
+            f"{lat['latency_ratio']:.3f} x unpruned (predicted {lat['predicted_ms']:.3f} ms; MACs "
+            f"{lat['macs_ratio']:.2f} x; round {lat['kept_round']} of {len(lat['rounds'])})"
+        )
+    return lines
+
+
 EXPORT_HEADER = ("artifact", "format", "precision", "size (KB)", "top-1 %", "agreement %", "max |diff|", "time s")
 
 

@@ -45,6 +45,11 @@ class RunOptions:
     train: Any = None  # TrainConfig
     finetune: Any = None  # TrainConfig
     prune: Any = None  # PruneConfig, or None for no pruning
+    # Pruning to a latency budget (`latency_profile.LatencyBudget`) measured on `latency_target`
+    # (`latency_profile.LatencyTargetOptions`), with the latency table at `latency_table` (default: in the run).
+    latency: Any = None
+    latency_target: Any = None
+    latency_table: Path | None = None
     attention_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,16 +133,91 @@ def _fit_stage(
     return {**_evaluate_stage(model, spec, bundle, out, label), **_model_facts(model, spec), "epochs": cfg.epochs}
 
 
-def run_pipeline(opts: RunOptions) -> dict[str, Any]:
-    """Run the requested stage(s); returns the updated metrics dict (also written to `out/metrics.json`)."""
+def _initial_spec(opts: RunOptions, bundle, split_record: dict[str, Any]):
+    from pacb_edge.models import ModelSpec
+
+    return ModelSpec(
+        arch=opts.model,
+        num_classes=len(bundle.class_names),
+        in_chans=bundle.in_chans,
+        attention=opts.attention,
+        width_mult=opts.width_mult,
+        input_size=opts.input_size,
+        input_stem=opts.input_stem,
+        attention_kwargs=dict(opts.attention_kwargs),
+        mean=tuple(bundle.mean),
+        std=tuple(bundle.std),
+        class_names=list(bundle.class_names),
+        dataset=bundle.name,
+        split=split_record,
+    )
+
+
+def latency_table_path(opts: RunOptions) -> Path:
+    from pacb_edge.latency_profile import table_name
+
+    return Path(opts.latency_table) if opts.latency_table else Path(opts.out) / table_name(opts.latency_target.target)
+
+
+def _latency_preflight(opts: RunOptions, bundle, split_record: dict[str, Any], stages: list[str], log):
+    """Before anything is trained or written: the latency table of the model this run will prune (found, or
+    profiled now; latency does not depend on the weights) and the budget checked against its measured floor.
+    Returns (table, whether it still needs saving)."""
+    from pacb_edge.checkpoint import load_checkpoint
+    from pacb_edge.latency_profile import ProfileConfig, check_floor, table_for
+    from pacb_edge.models import create_model
+
+    base = Path(opts.out) / "base"
+    source = opts.checkpoint if (opts.stage == "prune" and opts.checkpoint) else None
+    if source is not None or ("train" not in stages and (base / "model.safetensors").is_file()):
+        model, spec = load_checkpoint(source or base)
+    else:
+        spec = _initial_spec(opts, bundle, split_record)
+        model = create_model(spec.arch, **spec.model_kwargs()).eval()
+    profile = ProfileConfig(
+        criterion=opts.prune.criterion,
+        min_channels=opts.prune.min_channels,
+        round_to=opts.prune.round_to,
+        seed=opts.train.seed,
+    )
+    calibration = latency_calibration(bundle, opts.train.seed)
+    table, fresh = table_for(
+        model,
+        spec,
+        calibration,
+        profile,
+        opts.latency_target,
+        latency_table_path(opts),
+        explicit=opts.latency_table is not None,
+        log=log,
+        command=opts.command,
+    )
+    check_floor(table, opts.latency)
+    return table, fresh
+
+
+def latency_calibration(bundle, seed: int):
+    """A few real training images as raw pixels: what an INT8 candidate is calibrated on while profiling."""
+    import numpy as np
+
+    return bundle.calibration_images(32, seed=seed, raw=True).astype(np.float32)
+
+
+def run_pipeline(opts: RunOptions, before_write=lambda: None, log=lambda _: None) -> dict[str, Any]:
+    """Run the requested stage(s); returns the updated metrics dict (also written to `out/metrics.json`).
+
+    Every check that can refuse the run (a latency budget under its floor included) happens before the run
+    directory is made; `before_write()` is called then, before the first file is written."""
     from pacb_edge.checkpoint import load_checkpoint, save_checkpoint
     from pacb_edge.data import load_dataset
-    from pacb_edge.models import ModelSpec, create_model
+    from pacb_edge.models import create_model
     from pacb_edge.train import seed_everything, setup_distributed
 
     if opts.stage not in STAGES:
         raise PacbEdgeError(f"unknown stage {opts.stage!r}; choose one of {', '.join(STAGES)}")
-    out = ensure_dir(opts.out)
+    if opts.latency is not None:
+        opts.latency.validate()
+        opts.latency_target.validate()
     info = setup_distributed()
     threads = pin_threads(opts.threads)
     bundle = load_dataset(
@@ -151,6 +231,16 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
         train_limit=opts.train_limit,
     )
     split_record = bundle.split_record()
+    stages = ["train", "prune", "finetune", "eval"] if opts.stage == "all" else [opts.stage]
+    if opts.prune is None:
+        stages = [s for s in stages if s not in ("prune", "finetune")]
+    table = None
+    if opts.latency is not None and "prune" in stages and info.is_main:
+        table, fresh = _latency_preflight(opts, bundle, split_record, stages, log)
+    out = ensure_dir(opts.out)
+    before_write()
+    if table is not None and fresh:
+        table.save(latency_table_path(opts))
     metrics = _read_metrics(out)
     metrics.setdefault("stages", {})
     metrics["command"] = opts.command
@@ -164,9 +254,6 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
         "classes": len(bundle.class_names),
         "split": split_record,
     }
-    stages = ["train", "prune", "finetune", "eval"] if opts.stage == "all" else [opts.stage]
-    if opts.prune is None:
-        stages = [s for s in stages if s not in ("prune", "finetune")]
     base_dir, pruned_dir = out / "base", out / "pruned"
 
     def load_on_this_split(source):
@@ -182,21 +269,7 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
         t0 = time.perf_counter()
         if stage == "train":
             seed_everything(opts.train.seed)  # the initial weights come from the seed too, not from earlier RNG use
-            spec = ModelSpec(
-                arch=opts.model,
-                num_classes=len(bundle.class_names),
-                in_chans=bundle.in_chans,
-                attention=opts.attention,
-                width_mult=opts.width_mult,
-                input_size=opts.input_size,
-                input_stem=opts.input_stem,
-                attention_kwargs=dict(opts.attention_kwargs),
-                mean=tuple(bundle.mean),
-                std=tuple(bundle.std),
-                class_names=list(bundle.class_names),
-                dataset=bundle.name,
-                split=split_record,
-            )
+            spec = _initial_spec(opts, bundle, split_record)
             model = create_model(spec.arch, **spec.model_kwargs())
             if opts.checkpoint is not None:
                 model, spec = load_on_this_split(opts.checkpoint)
@@ -214,7 +287,22 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
             source = opts.checkpoint if (opts.stage == "prune" and opts.checkpoint) else base_dir
             model, spec = load_on_this_split(source)
             images = bundle.calibration_images(min(opts.score_images, len(bundle.train)), seed=opts.train.seed)
-            pruned, pruned_spec, report = prune_model(model, spec, opts.prune, score_images=images)
+            if table is not None:
+                from pacb_edge.latency_profile import prune_to_latency
+
+                pruned, pruned_spec, report = prune_to_latency(
+                    model,
+                    spec,
+                    opts.prune,
+                    opts.latency,
+                    table,
+                    opts.latency_target,
+                    latency_calibration(bundle, opts.train.seed),
+                    score_images=images,
+                    log=log,
+                )
+            else:
+                pruned, pruned_spec, report = prune_model(model, spec, opts.prune, score_images=images)
             save_checkpoint(pruned, pruned_spec, pruned_dir)
             for name in ("train_state.pt",):  # a fresh prune invalidates an older fine-tune's resume state
                 (pruned_dir / name).unlink(missing_ok=True)
@@ -232,8 +320,10 @@ def run_pipeline(opts: RunOptions) -> dict[str, Any]:
                         "removed_modules",
                         "flops_ratio",
                         "params_ratio",
+                        "alignment",
                     )
                 },
+                **({"latency": report["latency"]} if "latency" in report else {}),
                 "widths_before": report["before"]["widths"],
             }
         elif stage == "finetune":

@@ -102,3 +102,20 @@ def plot_layer_errors(
 
         ax.legend(handles=[Patch(color="tab:orange", label="kept in float")], fontsize=7, loc="lower right")
     return save_figure(fig, path)
+
+
+def plot_latency_fit(samples: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Predicted against measured latency of a profile's models (fitted and held out), with the y = x line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    for held, marker, label in ((False, "o", "fitted on"), (True, "x", "held out")):
+        pts = [s for s in samples if s["label"].startswith("held out") == held]
+        ax.scatter([s["measured_ms"] for s in pts], [s["predicted_ms"] for s in pts], marker=marker, label=label)
+    values = [v for s in samples for v in (s["measured_ms"], s["predicted_ms"])]
+    lo, hi = min(values), max(values)
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+    ax.set_xlabel("measured ms (p50)")
+    ax.set_ylabel("predicted ms")
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

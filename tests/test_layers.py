@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"pacb_edge": "pacb_edge", "models": "pacb_edge.models", "export": "pacb_edge.export"}
 FOLDERS["device_bench"] = "pacb_edge.device_bench"
 # Layer of each module under pacb_edge (by its first name); anything not listed is a command (the top layer).
-BASE = ("errors", "fileio", "consoles", "parallel", "run_config", "remote", "plots", "paper_numbers")
+BASE = ("errors", "fileio", "consoles", "parallel", "run_config", "remote", "plots", "paper_numbers", "runtimes")
 LAYERS = {**dict.fromkeys(BASE, 0), "models": 1, "data": 2, "data_sources": 2, "checkpoint": 2}
-LAYERS.update({"train": 3, "prune": 3, "zoo": 3, "export": 4, "device_bench": 5})
+LAYERS.update({"train": 3, "prune": 3, "zoo": 3, "latency": 3, "export": 4, "device_bench": 5})
 TOP = 6
 
 
