@@ -28,7 +28,7 @@ from typing import Any
 
 from pacb_edge.fileio import atomic_write_json
 
-CELL_FORMAT = 2  # bump when the meaning of a cell changes, so older cells are recomputed (1: reproduce's own keys)
+CELL_FORMAT = 3  # bump when the meaning of a cell changes, so older cells are recomputed (3: aligned channels)
 ATTENTION_CRITERIA = ("se-attention", "sca-attention")  # the criteria that average attention over training images
 _PLACE_FIELDS = ("data_dir", "download")  # where the data comes from: the test-split hash guards it, not the key
 # The fields RunOptions takes under the same name: the data and the model.
@@ -44,7 +44,17 @@ _DATA_FIELDS = (
     "limit",
     "train_limit",
 )
-_PRUNE_FIELDS = ("criterion", "prune_ratio", "round_to", "score_images", "finetune_epochs", "finetune_lr")
+_PRUNE_FIELDS = (
+    "criterion",
+    "prune_ratio",
+    "round_to",
+    "latency_ratio",
+    "latency_target",
+    "latency_threads",
+    "score_images",
+    "finetune_epochs",
+    "finetune_lr",
+)
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,12 @@ class CellConfig:
     # Pruning and fine-tuning (used only when `criterion` is set).
     criterion: str | None = None
     prune_ratio: float = 0.3
-    round_to: int = 1
+    round_to: int | str = "auto"  # the channel multiple: "auto" (the latency target's) or a number
+    # Prune to a measured latency instead of a ratio: this share of the unpruned model's latency on `latency_target`
+    # with `latency_threads` threads (`prune_ratio` is then unused).
+    latency_ratio: float | None = None
+    latency_target: str = "onnxruntime"
+    latency_threads: int = 1
     score_images: int = 2048  # training images the attention criteria average over (the others use none)
     finetune_epochs: int = 3
     finetune_lr: float = 0.02
@@ -87,6 +102,17 @@ class CellConfig:
         assert self.criterion is None and self.source is None, "only an unpruned training cell can be a source"
         return dataclasses.replace(self, criterion=criterion, prune_ratio=prune_ratio, source=self, **finetune)
 
+    def pruned_to_latency(self, criterion: str, latency_ratio: float, **finetune: Any) -> CellConfig:
+        """The pruning cell that prunes this cell's model to `latency_ratio` of its measured latency."""
+        assert self.criterion is None and self.source is None, "only an unpruned training cell can be a source"
+        return dataclasses.replace(self, criterion=criterion, latency_ratio=latency_ratio, source=self, **finetune)
+
+    def describe_prune(self) -> str:
+        """How this cell prunes, in a few words."""
+        if self.latency_ratio is not None:
+            return f"{self.criterion} to {self.latency_ratio:g}x latency on {self.latency_target}"
+        return f"{self.criterion} {self.prune_ratio:g}"
+
     def key_fields(self) -> dict[str, Any]:
         """The fields that determine the result, the source cell's nested."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _PLACE_FIELDS}
@@ -95,6 +121,11 @@ class CellConfig:
                 d.pop(name)
         elif self.criterion not in ATTENTION_CRITERIA:
             d.pop("score_images")
+        if self.criterion is not None and self.latency_ratio is None:
+            for name in ("latency_ratio", "latency_threads"):
+                d.pop(name)
+        elif self.criterion is not None:
+            d.pop("prune_ratio")
         if self.source is not None:
             d["source"] = self.source.key_fields()
         return d
@@ -174,7 +205,7 @@ class CellRunner:
             self.log(f"{name} (done, cached)")
         else:
             steps = ["train"] if source is None else []
-            steps += [f"prune ({cfg.criterion} {cfg.prune_ratio:g}) and fine-tune"] if cfg.criterion else []
+            steps += [f"prune ({cfg.describe_prune()}) and fine-tune"] if cfg.criterion else []
             self.log(f"{name}: {' and '.join(steps)}")
             if cell_dir.is_dir():
                 shutil.rmtree(cell_dir)  # another configuration's, or an interrupted run's
@@ -198,7 +229,21 @@ def _compute(cfg: CellConfig, cell_dir: Path, source: Cell | None, run: CellRunn
     finetune = TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, warmup_epochs=0, **common)
     prune = None
     if cfg.criterion:
-        prune = PruneConfig(criterion=cfg.criterion, prune_ratio=cfg.prune_ratio, round_to=cfg.round_to, seed=cfg.seed)
+        prune = PruneConfig(
+            criterion=cfg.criterion,
+            prune_ratio=cfg.prune_ratio,
+            round_to=cfg.round_to,
+            latency_target=cfg.latency_target,
+            seed=cfg.seed,
+        )
+    latency = {}
+    if cfg.criterion and cfg.latency_ratio is not None:
+        from pacb_edge.latency_profile import LatencyBudget, LatencyTargetOptions
+
+        latency = {
+            "latency": LatencyBudget(ratio=cfg.latency_ratio),
+            "latency_target": LatencyTargetOptions(target=cfg.latency_target, threads=cfg.latency_threads),
+        }
     opts = RunOptions(
         model=cfg.arch,
         **{name: getattr(cfg, name) for name in _DATA_FIELDS},
@@ -210,6 +255,7 @@ def _compute(cfg: CellConfig, cell_dir: Path, source: Cell | None, run: CellRunn
         train=train,
         finetune=finetune,
         prune=prune,
+        **latency,
     )
     if source is None:
         return run_pipeline(opts)

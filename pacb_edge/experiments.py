@@ -7,6 +7,7 @@ imports those layers inside its functions.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ class DemoConfig:
     seed: int = 0
     sparsity: float = 1e-4
     prune_ratio: float = 0.3
+    # Also prune each CA model to this share of its measured ONNX Runtime latency (one thread), beside the ratio
+    # prune: the CA_Latency rows. None: ratio pruning only.
+    latency_ratio: float | None = None
     limit: int | None = None
     calibration_images: int = 300
     bench_runs: int = 100
@@ -59,6 +63,8 @@ class DemoConfig:
                 raise PacbEdgeError(f"{name} must be at least {least}, got {value}")
         if not 0 < self.prune_ratio < 1:
             raise PacbEdgeError(f"--prune-ratio must be in (0, 1), got {self.prune_ratio}")
+        if self.latency_ratio is not None and not 0 < self.latency_ratio < 1:
+            raise PacbEdgeError(f"--latency-ratio must be in (0, 1), got {self.latency_ratio}")
         if self.width_mult <= 0:
             raise PacbEdgeError(f"--width-mult must be positive, got {self.width_mult}")
 
@@ -83,6 +89,9 @@ def demo_cells(cfg: DemoConfig) -> list[tuple[str, str, CellConfig]]:
                 limit=cfg.limit,
             )
             cells.append((arch, label, cell))
+            if attention == "ca" and cfg.latency_ratio is not None:
+                # the same seeded training (so the same trained model), pruned to a measured latency instead
+                cells.append((arch, f"{label}_Latency", dataclasses.replace(cell, latency_ratio=cfg.latency_ratio)))
     return cells
 
 
@@ -142,25 +151,41 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
         timings[f"train {arch} {label}"] = result[2]
         log(f"trained {arch} {label}")
 
-    # The CA cells (train, prune, fine-tune) are the long ones: they go first, so the workers finish together.
-    cells = sorted(cells, key=lambda c: c[2].criterion is None)
+    # The CA cells (train, prune, fine-tune) are the long ones: they go first, so the workers finish together. The
+    # latency cells measure while they prune, so they run after the others, one at a time.
+    cells = sorted(cells, key=lambda c: (c[2].latency_ratio is not None, c[2].criterion is None))
     log("train " + ", ".join(f"{arch} {label}" for arch, label, _ in cells))
     t0 = time.perf_counter()
-    in_parallel(
-        jobs,
-        [
-            (_train_job, (str(out), cell, f"{arch}_{label.lower()}", job_threads, cfg.progress and jobs == 1))
-            for arch, label, cell in cells
-        ],
-        trained_one,
-    )
+    for n_jobs, part in ((jobs, [i for i, c in enumerate(cells) if c[2].latency_ratio is None]),
+                         (1, [i for i, c in enumerate(cells) if c[2].latency_ratio is not None])):  # fmt: skip
+        in_parallel(
+            n_jobs,
+            [
+                (
+                    _train_job,
+                    (
+                        str(out),
+                        cells[i][2],
+                        f"{cells[i][0]}_{cells[i][1].lower()}",
+                        job_threads,
+                        cfg.progress and n_jobs == 1,
+                    ),
+                )  # fmt: skip
+                for i in part
+            ],
+            lambda k, result, part=part: trained_one(part[k], result),
+        )
     timings["train (wall)"] = time.perf_counter() - t0
     stages = []  # (arch, variant, checkpoint, record)
-    for i, (arch, label, _) in enumerate(cells):
+    for i, (arch, label, cell) in enumerate(cells):
         cell_dir, metrics = trained[i]
-        stages.append((arch, label, Path(cell_dir) / "base", metrics["stages"]["train"]))
+        if cell.latency_ratio is None:  # a latency cell's trained model is its CA cell's
+            stages.append((arch, label, Path(cell_dir) / "base", metrics["stages"]["train"]))
         if "finetune" in metrics["stages"]:
-            stages.append((arch, f"{label}_Pruned", Path(cell_dir) / "pruned", metrics["stages"]["finetune"]))
+            name = label if cell.latency_ratio is not None else f"{label}_Pruned"
+            prune = metrics["stages"].get("prune", {})
+            rec = {**metrics["stages"]["finetune"], **{k: prune.get(k) for k in ("alignment", "latency")}}
+            stages.append((arch, name, Path(cell_dir) / "pruned", rec))
     exported: dict[int, tuple[dict, dict]] = {}
 
     def exported_one(i: int, result: tuple[dict, dict, float]) -> None:
@@ -192,6 +217,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
                 "arch": arch,
                 "variant": name,
                 "checkpoint": str(ckpt),
+                **({"channel_multiple": rec["alignment"].get("multiple")} if rec.get("alignment") else {}),
+                **({"latency_budget": _budget_outcome(rec["latency"])} if rec.get("latency") else {}),
                 "test_top1": rec["test_top1"],
                 "params": rec["params"],
                 "macs": rec["macs"],
@@ -208,7 +235,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
                 },
             }
         )
-    variants = [label for label, _ in DEMO_VARIANTS] + [f"{label}_Pruned" for label, _ in DEMO_VARIANTS]
+    variants = [label for label, _ in DEMO_VARIANTS] + [f"{label}_{how}" for label, _ in DEMO_VARIANTS
+                                                        for how in ("Pruned", "Latency")]  # fmt: skip
     rows.sort(key=lambda r: (cfg.archs.index(r["arch"]), variants.index(r["variant"])))
     log("bench on the host CPU")
     t0 = time.perf_counter()
@@ -238,8 +266,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
             if base and r["onnx_ms"] and base["onnx_ms"]:
                 r["onnx_latency_ratio_vs_base"] = r["onnx_ms"] / base["onnx_ms"]
                 r["flops_ratio_vs_base"] = r["flops"] / base["flops"]
-        if "CA" in arch_rows and "CA_Pruned" in arch_rows:
-            ca, pr = arch_rows["CA"], arch_rows["CA_Pruned"]
+        for pruned in ("CA_Pruned", "CA_Latency"):
+            if "CA" not in arch_rows or pruned not in arch_rows:
+                continue
+            ca, pr = arch_rows["CA"], arch_rows[pruned]
             pr["flops_ratio_vs_ca"] = pr["flops"] / ca["flops"]
             pr["acc_change_vs_ca_pp"] = 100 * (pr["test_top1"] - ca["test_top1"])
             if ca["onnx_ms"] and pr["onnx_ms"]:
@@ -256,6 +286,12 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     atomic_write_json(out / "demo_results.json", result)
     atomic_write_text(out / "demo_results.md", demo_markdown(rows))
     return result
+
+
+def _budget_outcome(lat: dict[str, Any]) -> dict[str, Any]:
+    """What a latency-budget prune measured (its full record stays in the cell's metrics.json)."""
+    keys = ("met", "budget_ms", "measured_ms", "predicted_ms", "latency_ratio", "macs_ratio", "runtime", "threads")
+    return {k: lat.get(k) for k in keys}
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -275,4 +311,15 @@ def demo_markdown(rows: list[dict[str, Any]]) -> str:
             f"| {_fmt(r.get('tflite_int8_ms'), '.3f')} "
             f"| {_fmt(100 * r['int8_top1'], '.2f')} | {_fmt(r['tflite_int8_bytes'] / 1024, '.1f')} |"
         )
+    multiples = sorted({r["channel_multiple"] for r in rows if r.get("channel_multiple")})
+    if multiples:
+        lines += ["", f"Pruned widths rounded up to multiples of {', '.join(map(str, multiples))} (`--round-to auto`)."]
+    for r in rows:
+        b = r.get("latency_budget")
+        if b:
+            lines.append(
+                f"{r['arch']} {r['variant']}: latency budget {b['budget_ms']:.3f} ms on {b['runtime']} "
+                f"({'met' if b['met'] else 'missed'}: measured {b['measured_ms']:.3f} ms, {b['latency_ratio']:.2f} x "
+                f"the unpruned model, predicted {b['predicted_ms']:.3f} ms)."
+            )
     return "\n".join(lines) + "\n"

@@ -97,6 +97,8 @@ class ReproduceConfig:
     quick: bool = False  # a smoke-sized schedule, whatever the budget
     seeds: int | None = None
     prune_ratio: float = 0.3  # pacb: bn-scale ratio of the CA model
+    # pacb: also prune the CA model to this share of its measured onnxruntime latency (one thread): CA_Latency rows
+    latency_ratio: float | None = None
     ratios: tuple[float, ...] | None = None  # cpsca: channel ratios (default: the paper's levels, or the budget's)
     epochs: int | None = None
     finetune_epochs: int | None = None
@@ -129,6 +131,8 @@ class ReproduceConfig:
         for r in [self.prune_ratio, *(self.ratios or ())]:
             if not 0 < r < 1:
                 raise PacbEdgeError(f"pruning ratios must be in (0, 1), got {r}")
+        if self.latency_ratio is not None and not 0 < self.latency_ratio < 1:
+            raise PacbEdgeError(f"--latency-ratio must be in (0, 1), got {self.latency_ratio}")
         if self.ratios is not None and not self.ratios:
             raise PacbEdgeError("--ratios is empty")
         for name, v in (

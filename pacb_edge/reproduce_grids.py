@@ -175,7 +175,14 @@ def pacb_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: i
         base = runner.run(sched.cell(cfg, arch, None, seed), f"seed{seed}/{arch}_base")
         ca_cfg = sched.cell(cfg, arch, "ca", seed, sparsity=lam, criterion="bn-scale", prune_ratio=cfg.prune_ratio)
         ca = runner.run(ca_cfg, f"seed{seed}/{arch}_ca")
-        for variant, cell, stage in zip(PACB_VARIANTS, (base, ca, ca), ("train", "train", "finetune"), strict=True):
+        cells = [
+            (variant, cell, stage)
+            for variant, cell, stage in zip(PACB_VARIANTS, (base, ca, ca), ("train", "train", "finetune"), strict=True)
+        ]
+        if cfg.latency_ratio is not None:  # the same seeded training, pruned to a measured latency instead
+            latency_cfg = dataclasses.replace(ca_cfg, latency_ratio=cfg.latency_ratio)
+            cells.append(("CA_Latency", runner.run(latency_cfg, f"seed{seed}/{arch}_ca_latency"), "finetune"))
+        for variant, cell, stage in cells:
             records.append(
                 {
                     "row": f"{arch}/{variant}",
@@ -186,9 +193,23 @@ def pacb_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: i
                     **cell.measure(stage),
                     "sparsity": lam if variant != "Base" else 0.0,
                     "prune_ratio": cfg.prune_ratio if variant == "CA_Pruned" else None,
+                    **({"latency": _latency_outcome(cell)} if variant == "CA_Latency" else {}),
+                    **({"channel_multiple": _multiple(cell)} if stage == "finetune" else {}),
                 }
             )
     return records
+
+
+def _multiple(cell) -> int | None:
+    """The channel multiple a pruned cell's widths were rounded up to (None for cells made before it was recorded)."""
+    return (cell.metrics["stages"].get("prune", {}).get("alignment") or {}).get("multiple")
+
+
+def _latency_outcome(cell) -> dict[str, Any]:
+    """What a latency-budget cell's prune measured: budget, measured and predicted latency, whether it was met."""
+    lat = cell.metrics["stages"]["prune"].get("latency") or {}
+    keys = ("met", "budget_ms", "measured_ms", "predicted_ms", "latency_ratio", "macs_ratio", "runtime", "threads")
+    return {k: lat.get(k) for k in keys}
 
 
 def cpsca_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: int) -> list[dict[str, Any]]:

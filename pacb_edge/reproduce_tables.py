@@ -137,6 +137,9 @@ def pacb_tables(records: list[dict[str, Any]], dataset: str, device: str, captio
     """PACB Tables 2 and 3 (one per architecture) and Table 4 (latency and its ratios), ours next to the paper's."""
     pds, ours, ref, stats, archs = _context("pacb", records, dataset)
     dev_header, dev_measured = _device_columns(device)
+    multiples = sorted({r["channel_multiple"] for r in records if r.get("channel_multiple")})
+    aligned = [f"Pruned widths rounded up to multiples of {', '.join(map(str, multiples))} (--round-to auto)."]
+    aligned = aligned if multiples else []
     tables = []
     for arch in archs:
         header = ["Dataset", "Method", "Acc (%) ours", "Acc (%) paper", "Params (M) ours", "Params (M) paper"]
@@ -147,7 +150,7 @@ def pacb_tables(records: list[dict[str, Any]], dataset: str, device: str, captio
             header=header + ["Latency (ms) paper (Table 4)"] + dev_header,
             measured=[False, False, True, False, True, False, True, False, True, True, False] + dev_measured,
             caption=caption,
-            notes=list(PACB_NOTES[:4]),
+            notes=list(PACB_NOTES[:4]) + aligned,
         )
         for i, variant in enumerate(PACB_VARIANTS):
             s, p = stats[f"{arch}/{variant}"], PACB_PAPER[arch][pds][variant]
@@ -178,26 +181,31 @@ def pacb_tables(records: list[dict[str, Any]], dataset: str, device: str, captio
         measured=[False, True, True, False, True, False, True, True, False] + dev_measured[:1],
         caption=caption,
         label_columns=1,
-        notes=[PACB_NOTES[2], PACB_NOTES[4]],
+        notes=[PACB_NOTES[2], PACB_NOTES[4], *aligned],
     )
     for arch in archs:
         paper_ca = PACB_PAPER[arch][pds]["CA"]["flops_m"], PACB_LATENCY_MS[arch]["CA"][pds]
-        for variant in PACB_VARIANTS:
-            s, p = stats[f"{arch}/{variant}"], PACB_PAPER[arch][pds][variant]
-            paper_ms = PACB_LATENCY_MS[arch][variant][pds]
+        for variant in (*PACB_VARIANTS, "CA_Latency"):
+            if f"{arch}/{variant}" not in stats:  # CA_Latency: only with --latency-ratio
+                continue
+            s = stats[f"{arch}/{variant}"]
+            p = PACB_PAPER[arch][pds].get(variant, {"flops_m": None})
+            paper_ms = PACB_LATENCY_MS[arch].get(variant, {}).get(pds)
             row = [
                 _variant_label(arch, variant),
                 _fmt(s["host.per_image_ms"], digits=3),
                 _fmt(s["host_int8.per_image_ms"], digits=3),
                 _paper(paper_ms, 1),
                 _fmt(s["macs_ratio_vs_ca"], digits=3),
-                _paper(p["flops_m"] / paper_ca[0], 3),
+                _paper(p["flops_m"] / paper_ca[0] if p["flops_m"] else None, 3),
                 _fmt(s["host_ratio_vs_ca"], digits=3),
                 _fmt(s["host_int8_ratio_vs_ca"], digits=3),
-                _paper(paper_ms / paper_ca[1], 3),
+                _paper(paper_ms / paper_ca[1] if paper_ms else None, 3),
             ]
             latency.rows.append(row + ([_fmt(s["device.per_image_ms"], digits=3)] if device != "cpu" else []))
-            latency.records.append({"row": f"{arch}/{variant}", "ours": s, "paper_ms": PACB_LATENCY_MS[arch][variant]})
+            latency.records.append(
+                {"row": f"{arch}/{variant}", "ours": s, "paper_ms": PACB_LATENCY_MS[arch].get(variant)}
+            )
     tables.append(latency)
     return tables
 

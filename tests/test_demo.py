@@ -8,6 +8,7 @@ import pytest
 
 from pacb_edge.experiments import DemoConfig, run_demo
 from pacb_edge.export.manifest import manifest_path
+from pacb_edge.runtimes import resolve_round_to
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +53,15 @@ def test_demo_outputs(demo):
         if r["arch"] == "mobilenetv3_large":
             assert r["int8_top1"] > 0.1
         assert r["onnx_ms"] > 0 and r["tflite_int8_ms"] > 0
+    multiple, _ = resolve_round_to("auto", "onnxruntime")
     for arch in ("mobilenetv3_large", "repvgg_a0"):
         assert rows[(arch, "CA_Pruned")]["flops"] < rows[(arch, "CA")]["flops"]
+        assert rows[(arch, "CA_Pruned")]["channel_multiple"] == multiple  # aligned by default, and recorded
         bundle = Path(rows[(arch, "CA_Pruned")]["checkpoint"]) / "export" / "jetson_bundle"
         assert (bundle / "model.onnx").is_file() and (bundle / "jetson" / "bench.py").is_file()
     bench = json.loads((out / "bench" / "bench.json").read_text())["results"]
     assert len(bench) == 18 and all(b["status"] != "failed" for b in bench)
+    assert f"rounded up to multiples of {multiple}" in (out / "demo_results.md").read_text()
     assert (out / "bench" / "pareto.png").is_file() and (out / "demo_results.md").is_file()
     md = (out / "demo_results.md").read_text()
     assert md.count("\n") == 2 + 6 and "CA_Pruned" in md

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from pacb_edge import cli
 from pacb_edge.cells import CellRunner, cell_key
 from pacb_edge.cli import app
+from pacb_edge.errors import PacbEdgeError
 from pacb_edge.experiments import DemoConfig, demo_cells
 from pacb_edge.reproduce import (
     CPSCA_METHODS,
@@ -27,6 +28,7 @@ from pacb_edge.reproduce import (
 )
 from pacb_edge.reproduce_grids import PACB_CPU
 from pacb_edge.reproduce_tables import ordering_notes
+from pacb_edge.runtimes import resolve_round_to
 
 runner = CliRunner()
 MISSING = ("", "failed", "n/a", "-", "—")
@@ -95,6 +97,8 @@ def test_pacb_quick_fills_tables_2_to_4(pacb):
         for where in ("host", "host_int8"):  # ONNX FP32 and TFLite INT8 on the host CPU
             assert pruned[where]["status"] == "ok" and pruned[where]["per_image_ms"] > 0
         assert pruned["macs_ratio_vs_ca"] < 1 and rows[f"{arch}/CA"]["host_int8_ratio_vs_ca"] == 1.0
+        assert pruned["channel_multiple"] == resolve_round_to("auto", "onnxruntime")[0]
+    assert any("rounded up to multiples of" in note for note in tables["table4"]["notes"])
     assert {r["seed"] for r in result["records"]} == {0}
     for metrics in out.glob("seed0/*/metrics.json"):
         assert json.loads(metrics.read_text())["seed"] == 0
@@ -214,6 +218,7 @@ def test_device_columns_come_from_the_device_runner(pacb, tmp_path, monkeypatch)
         (["reproduce", "pacb", "--device", "jetson"], "--device jetson needs --host"),
         (["reproduce", "pacb", "--budget", "gpu"], "unknown budget 'gpu'; choose one of paper, cpu"),
         (["reproduce", "pacb", "--archs", "vgg16"], "pacb has no architecture 'vgg16'"),
+        (["reproduce", "pacb", "--latency-ratio", "1.2"], "--latency-ratio must be in (0, 1), got 1.2"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path):
@@ -309,6 +314,24 @@ def test_demo_and_reproduce_cells_share_one_engine(tmp_path, monkeypatch):
     assert json.loads(cell_key(pruned))["source"]["attention"] == "sca"
     longer = dataclasses.replace(source, epochs=7)
     assert cell_key(longer.pruned("l1-norm", 0.5)) != cell_key(pruned)
+
+
+def test_latency_budget_cells_sit_beside_the_ratio_cells():
+    """`--latency-ratio` adds a CA_Latency cell per architecture: the CA cell's training, pruned to a measured
+    latency; its key holds the ratio and target, not the unused prune ratio, and differs from the ratio cell's."""
+    plain = demo_cells(DemoConfig())
+    cells = {(arch, label): cell for arch, label, cell in demo_cells(DemoConfig(latency_ratio=0.5))}
+    assert len(cells) == len(plain) + 2
+    ca, latency = cells[("repvgg_a0", "CA")], cells[("repvgg_a0", "CA_Latency")]
+    assert latency == dataclasses.replace(ca, latency_ratio=0.5) and ca.latency_ratio is None
+    assert ca.round_to == "auto"
+    key, ca_key = json.loads(cell_key(latency)), json.loads(cell_key(ca))
+    assert key["latency_ratio"] == 0.5 and key["latency_target"] == "onnxruntime" and "prune_ratio" not in key
+    assert "latency_ratio" not in ca_key and ca_key["prune_ratio"] == 0.3 and ca_key["round_to"] == "auto"
+    assert cell_key(dataclasses.replace(latency, latency_ratio=0.6)) != cell_key(latency)
+    assert cell_key(dataclasses.replace(latency, prune_ratio=0.9)) == cell_key(latency)
+    with pytest.raises(PacbEdgeError, match="--latency-ratio must be in"):
+        DemoConfig(latency_ratio=0).validate()
 
 
 def test_cpu_budget_names_its_subset_width_and_epochs():
