@@ -357,3 +357,31 @@ def test_remote_path_understands_home_and_nothing_else():
         remote_path("~root/x")
     with pytest.raises(PacbEdgeError):
         remote_path("  ")
+
+
+# latency profiling on the device
+
+
+@needs_sshd
+def test_profile_measures_candidates_through_the_jetson_runner(sshd, tiny_run, tmp_path):
+    """`pacb-edge profile --target jetson` exports every candidate as a Jetson bundle and measures it through the
+    Jetson runner on the device (here: real sshd, the onnxruntime backend); the table records the device's target
+    settings, so `train --latency-target jetson --latency-table` reaches the same device."""
+    from typer.testing import CliRunner
+
+    from pacb_edge.cli import app
+    from pacb_edge.latency import LatencyTable
+
+    out = tmp_path / "table.json"
+    remote_dir = tmp_path / "remote"
+    args = ["profile", str(tiny_run), "--target", "jetson", "--host", HOST_ALIAS]
+    args += ["--ssh-config", str(sshd.client_config()), "--backend", "onnxruntime", "--precision", "fp32"]
+    args += ["--python", sys.executable, "--remote-dir", str(remote_dir), "--models", "4", "--held-out", "2"]
+    result = CliRunner().invoke(app, [*args, "--runs", "5", "--warmup", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = LatencyTable.load(out)
+    assert table.key.runtime == "jetson" and table.key.precision == "fp32"
+    assert table.target["target"] == "jetson" and table.target["jetson"]["backend"] == "onnxruntime"
+    assert table.floor_ms > 0 and table.unpruned_ms > 0 and len(table.samples) >= 4 + 2
+    # every candidate arrived on the device as a bundle of its own
+    assert len(list(remote_dir.glob("bundle-*"))) >= 4 + 2
