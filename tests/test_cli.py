@@ -1,6 +1,7 @@
 """The CLI through typer's CliRunner."""
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -165,3 +166,14 @@ def test_demo_command_passes_its_options_and_prints_the_table(tmp_path, monkeypa
     assert (cfg.out, cfg.epochs, cfg.seed, cfg.jobs, cfg.progress) == (tmp_path, 3, 7, 1, False)
     assert "| RepVGG-A0 CA_Pruned | 96.67 | 2.741 | 10.31 | 2.100 | 0.760 | 58.15 | 3887.8 |" in r.output
     assert "total 517 s" in r.output and "seed 0; 2 jobs" in r.output
+
+
+def test_readme_cli_reference_is_what_the_commands_say():
+    """README's CLI reference is generated from the commands; an option added or changed without regenerating it
+    (`python -m pacb_edge.cli_reference --write README.md`) fails here."""
+    from pacb_edge.cli_reference import BEGIN, END, reference
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert section.strip() == reference().strip()
+    assert "| `--latency-ratio` |" in section and "### `pacb-edge profile`" in section
