@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacb_edge.cells import CellConfig, CellRunner
 from pacb_edge.paper_numbers import CPSCA_PAPER, PACB_VARIANTS
+from pacb_edge.runtimes import resolve_round_to
 
 if TYPE_CHECKING:
     from pacb_edge.reproduce import ReproduceConfig
@@ -200,6 +201,20 @@ def pacb_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: i
     return records
 
 
+def proxy_multiple(width_mult: float, target: str = "onnxruntime") -> int:
+    """The channel multiple of a CPSCA grid's prunes: the target runtime's (`--round-to auto`), scaled with the grid's
+    width and rounded down to a power of two.
+
+    The CPSCA tables compare criteria by the parameters they remove from the paper's networks. A width-x0.25 proxy
+    of ResNet-56 has 4/8/16-channel stages; rounded up to onnxruntime's 16 (AVX-512) it could not be pruned at all,
+    while the full-width network, rounded alike, keeps all but its 16-channel stage prunable. Scaling the multiple
+    with the width keeps the proxy's pruning as the full-width network's would be. The PACB grids, which report
+    latency, prune at the runtime's own multiple.
+    """
+    full, _ = resolve_round_to("auto", target)
+    return max(1, 2 ** math.floor(math.log2(max(1.0, full * width_mult))))
+
+
 def _multiple(cell) -> int | None:
     """The channel multiple a pruned cell's widths were rounded up to (None for cells made before it was recorded)."""
     return (cell.metrics["stages"].get("prune", {}).get("alignment") or {}).get("multiple")
@@ -215,6 +230,7 @@ def _latency_outcome(cell) -> dict[str, Any]:
 def cpsca_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: int) -> list[dict[str, Any]]:
     """The baseline and every method at every ratio, for one seed: the paper's grid or the ordering experiment."""
     records = []
+    multiple = proxy_multiple(sched.width_mult)
     for arch in grid_archs(cfg):
         lam = SLIMMING_SPARSITY[arch] if cfg.sparsity is None else cfg.sparsity
         if cfg.budget == "paper":
@@ -232,9 +248,8 @@ def cpsca_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: 
         records.append({**base, "stage_dir": str(plain.dir / "base"), **plain.measure("train")})
         for ratio in cfg.cpsca_ratios(arch):
             for method, source in sources.items():
-                cell = runner.run(
-                    source.config.pruned(method, ratio), f"seed{seed}/{arch}_{method}_r{ratio:.2f}", source=source
-                )
+                pruned = source.config.pruned(method, ratio, round_to=multiple)
+                cell = runner.run(pruned, f"seed{seed}/{arch}_{method}_r{ratio:.2f}", source=source)
                 records.append(
                     {
                         "row": f"{arch}/{method}/{ratio:.2f}",
@@ -246,6 +261,7 @@ def cpsca_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: 
                         "source_dir": str(source.dir / "base"),
                         **cell.measure(),
                         "sparsity": source.config.sparsity,
+                        "channel_multiple": _multiple(cell),
                     }
                 )
     baselines = {r["arch"]: r for r in records if r["method"] == "baseline"}

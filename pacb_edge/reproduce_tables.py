@@ -259,6 +259,17 @@ def _merged(level: dict[str, Any], key: str, digits: int, first: bool, baseline:
     return _paper(level[key], digits) if first else ""
 
 
+def _cpsca_aligned(records: list[dict[str, Any]], arch: str) -> list[str]:
+    """The note on the channel multiple an architecture's prunes rounded up to (see `proxy_multiple`)."""
+    multiples = sorted({r["channel_multiple"] for r in records if r["arch"] == arch and r.get("channel_multiple")})
+    if not multiples:
+        return []
+    return [
+        f"Pruned widths rounded up to multiples of {', '.join(map(str, multiples))}: onnxruntime's multiple "
+        "(--round-to auto) scaled with the grid's width, so a narrow proxy prunes as its full-width network would."
+    ]
+
+
 def cpsca_tables(
     records: list[dict[str, Any]],
     dataset: str,
@@ -284,7 +295,7 @@ def cpsca_tables(
             header=header + dev_header,
             measured=measured + dev_measured,
             caption=caption,
-            notes=[*CPSCA_NOTES, *extra_notes, *ordering_notes(stats, arch, ratios)],
+            notes=[*CPSCA_NOTES, *extra_notes, *_cpsca_aligned(records, arch), *ordering_notes(stats, arch, ratios)],
         )
         b = paper["baseline"]
         rows = [("baseline", None, f"{arch}/baseline", b, b["acc"], True)]

@@ -26,7 +26,7 @@ from pacb_edge.reproduce import (
     default_cpsca_ratios,
     run_reproduce,
 )
-from pacb_edge.reproduce_grids import PACB_CPU
+from pacb_edge.reproduce_grids import PACB_CPU, proxy_multiple
 from pacb_edge.reproduce_tables import ordering_notes
 from pacb_edge.runtimes import resolve_round_to
 
@@ -125,6 +125,11 @@ def test_cpsca_quick_cli_fills_tables_4_and_5(cpsca):
         for method in CPSCA_METHODS:
             r = rows[f"{arch}/{method}/0.50"]
             assert r["params"] < rows[f"{arch}/baseline"]["params"] and r["params_pruned"] > 0.2
+            # a x0.25 proxy rounds to the runtime's multiple scaled by its width (16 -> 4, 8 -> 2)
+            assert (
+                r["channel_multiple"] == proxy_multiple(0.25) == max(1, resolve_round_to("auto", "onnxruntime")[0] // 4)
+            )
+    assert any("scaled with the grid's width" in note for note in tables["table5"]["notes"])
     assert rows["vgg16/bn-scale/0.50"]["sparsity"] == 1e-4 and rows["vgg16/l1-norm/0.50"]["sparsity"] == 0.0
     assert "CPSCA Table 4" in output and "reused" in output
     assert (out / "reproduce.md").read_text().count("## CPSCA Table") == 2
