@@ -138,8 +138,13 @@ class AndroidRunner:
         self.adb_timeout_s = float(adb_timeout_s)
         self.device = AdbDevice(adb, remote_dir, self.timeout_s, self.adb_timeout_s)
 
-    def benchmark_command(self, remote_bin: str, remote_model: str) -> list[str]:
-        """The words of the benchmark_model invocation (optionally under taskset)."""
+    def benchmark_command(self, remote_bin: str, remote_model: str, *, op_profiling: bool = False) -> list[str]:
+        """The words of the benchmark_model invocation (optionally under taskset).
+
+        The timed run never profiles: with `--enable_op_profiling=true` benchmark_model times every operator inside
+        the timed runs, so their latency would include the profiler's overhead. `op_profiling=True` gives the
+        separate run that prints the per-operator tables.
+        """
         argv = ["taskset", self.taskset] if self.taskset else []
         argv += [
             remote_bin,
@@ -153,9 +158,29 @@ class AndroidRunner:
         if self.min_secs is not None:
             argv.append(f"--min_secs={self.min_secs:g}")
         argv += DELEGATE_FLAGS[self.delegate]
-        if self.enable_op_profiling:
+        if op_profiling:
             argv.append("--enable_op_profiling=true")
         return argv
+
+    def _op_profile(self, device, serial, remote_bin, remote_model, tflite: Path, log_path) -> dict[str, Any]:
+        """A second benchmark_model run with `--enable_op_profiling=true`, for its per-operator tables only: the
+        latency of the record comes from the unprofiled run. Its output goes beside `log_path` (`*.ops.txt`)."""
+        argv = self.benchmark_command(remote_bin, remote_model, op_profiling=True)
+        with step(f"benchmark_model {tflite.name} on {serial} (op profiling, a separate run)"):
+            done = device.shell(
+                serial, argv, "shell benchmark_model", timeout=self.timeout_s, check=False, merge_stderr=True
+            )
+        output = done.stdout + (done.stderr or "")
+        ops_log = None
+        if log_path is not None:
+            ops_log = Path(log_path).with_suffix(".ops.txt")
+            atomic_write_text(ops_log, output)
+        return {
+            "command": shell_join(argv),
+            "log": str(ops_log) if ops_log else None,
+            "returncode": done.returncode,
+            "note": "a separate run: the record's latency was measured without the profiler",
+        }
 
     def run(
         self,
@@ -235,6 +260,8 @@ class AndroidRunner:
             parsed = parse_benchmark_output(output)  # raises with the tool's own error line
             if done.returncode != 0:
                 warnings.append(f"benchmark_model exited with code {done.returncode} but printed timings")
+            if self.enable_op_profiling:
+                extra["op_profile"] = self._op_profile(device, serial, remote_bin, remote_model, tflite, log_path)
             if on_device_eval:
                 assert eval_set is not None and self.eval_binary is not None
                 with step(f"run_eval {tflite.name} on {serial} ({n_eval_expected} images, pushed first)"):

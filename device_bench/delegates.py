@@ -8,11 +8,14 @@ to false explicitly" (tensorflow/lite/tools/delegates/README.md, `use_xnnpack`; 
 - `cpu` passes `--use_xnnpack=false`: TFLite's built-in CPU kernels, no delegate.
 - `xnnpack` (the default, what benchmark_model does when given nothing) passes `--use_xnnpack=true`.
 - `gpu` passes `--use_gpu=true`, `nnapi` passes `--use_nnapi=true`, and nothing about XNNPACK: the nodes the
-  delegate leaves to the CPU then run the way the default runtime runs them, on XNNPACK where it can, because the
-  interpreter applies its default delegate lazily after the explicit ones (`Interpreter::ApplyLazyDelegateProviders`,
-  "to allow other user-level delegates to be applied first"). That is what an app with the default runtime gets,
-  and it keeps the CPU part of a partial delegation comparable with the `xnnpack` run rather than slowing it down
-  with a slower CPU path.
+  delegate leaves to the CPU run the way the default runtime runs them, which depends on the runtime's version. The
+  interpreter tries its default XNNPACK lazily, after the explicit delegates (`Interpreter::ApplyLazyDelegateProviders`,
+  "to allow other user-level delegates to be applied first"). A GPU or NNAPI delegate does not allow dynamic tensors
+  and leaves the graph immutable; runtimes up to TF ~2.12 then refuse the lazy XNNPACK ("ModifyGraphWithDelegate is
+  disallowed when graph is immutable", subgraph.cc) and the rest runs on TFLite's built-in kernels, while newer ones
+  apply it (`Subgraph::ModifyGraphWithDelegate`, "CASE 2"). The record does not assume either: `rest_ran_on` is
+  "xnnpack" when the log shows XNNPACK replacing nodes after the explicit delegate, "builtin kernels" when it shows
+  the refusal, and None when the log says neither.
 
 The record names the delegate always (`extra["delegate"]["requested"]`, `cpu` included) and how much of the graph
 it took (`nodes_delegated` / `nodes_total`, `fraction`, `whole_graph`, from "Replacing N out of M node(s)").
@@ -46,6 +49,15 @@ def _coverage_for(parsed: dict[str, Any], requested: str) -> dict[str, Any] | No
     return named[-1] if named else None
 
 
+def _rest_ran_on(parsed: dict[str, Any]) -> str | None:
+    """What ran the nodes an explicit GPU/NNAPI delegate left: "xnnpack", "builtin kernels", or None (unknown)."""
+    if any(d.get("applied") == "default-lazy" for d in parsed.get("delegates") or []):
+        return "xnnpack"
+    if parsed.get("default_xnnpack") == "refused":
+        return "builtin kernels"
+    return None
+
+
 def _share(coverage: Mapping[str, Any]) -> str:
     n, m = coverage.get("nodes_delegated"), coverage.get("nodes_total")
     return f"{n} of {m} nodes" if n is not None and m else "only part of the graph"
@@ -74,6 +86,8 @@ def delegate_record(parsed: dict[str, Any], requested: str) -> tuple[dict[str, A
     if others:
         info["other_delegates"] = others  # e.g. XNNPACK taking the nodes a GPU delegate left to the CPU
     info["tool_messages"] = parsed["fallback_warnings"]
+    if requested in ("gpu", "nnapi") and coverage is not None and not coverage.get("whole_graph"):
+        info["rest_ran_on"] = _rest_ran_on(parsed)
     warnings: list[str] = []
     if requested == "cpu":
         if coverage is not None and coverage.get("nodes_delegated") != 0:
@@ -86,7 +100,8 @@ def delegate_record(parsed: dict[str, Any], requested: str) -> tuple[dict[str, A
         warnings.append(f"requested delegate {requested} reported no node taken: the model probably ran on the CPU")
     elif not coverage.get("whole_graph"):
         warnings.append(
-            f"{requested} delegate took {_share(coverage)}; the rest ran on the CPU, "
+            f"{requested} delegate took {_share(coverage)}; the rest ran on the CPU "
+            f"({info.get('rest_ran_on') or 'the log does not say whether on XNNPACK or the built-in kernels'}), "
             "so the latency is a mixed delegate+CPU number"
         )
     return info, warnings

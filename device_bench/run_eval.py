@@ -12,12 +12,16 @@ float32 input gets (pixel - 127.5) / 127.5, an int8 input pixel - 128 and a uint
 - older manifests (no such key): the model takes (pixel / 255 - mean) / std, quantized with its input scale and zero
   point; that is compared with what run_eval feeds, within one quantization step.
 
-Delegates (`RUN_EVAL_DELEGATE_FLAGS`): `--delegate=xnnpack|gpu|nnapi` picks run_eval's delegate. With none, run_eval
-still applies XNNPACK: its TfliteInferenceStage builds the interpreter with the default op resolver, which applies
-XNNPACK lazily, unless the delegate-provider flag `--use_xnnpack=false` was given (tflite_inference_stage.cc; the
-flags are parsed by tasks/task_executor.cc). So "cpu" passes `--use_xnnpack=false`. A run_eval built before those
-flags existed ignores it and prints "Unconsumed cmdline flags"; `unconsumed_flags` finds that line so the runner can
-say the accuracy was measured with XNNPACK.
+Delegates (`RUN_EVAL_DELEGATE_FLAGS`): `--delegate=gpu|nnapi` picks run_eval's delegate. XNNPACK is asked for with the
+delegate-provider flag `--use_xnnpack=true`, as benchmark_model is, not with `--delegate=xnnpack`: for that one run_eval
+also sets `xnnpack_force_fp16` (LiteRT tflite/tools/evaluation/evaluation_delegate_provider.cc,
+`DelegateProviders::GetAllParams`, case XNNPACK), so a float model's top-1 would be an FP16 figure beside an FP32
+benchmark_model latency (`xnnpack_force_fp16` defaults to false, tools/delegates/xnnpack_delegate_provider.cc). With
+none, run_eval still applies XNNPACK: its TfliteInferenceStage builds the interpreter with the default op resolver,
+which applies XNNPACK lazily, unless the delegate-provider flag `--use_xnnpack=false` was given
+(tflite_inference_stage.cc; the flags are parsed by tasks/task_executor.cc). So "cpu" passes `--use_xnnpack=false`. A
+run_eval built before those flags existed ignores it and prints "Unconsumed cmdline flags"; `unconsumed_flags` finds
+that line so the runner can say the accuracy was measured with XNNPACK.
 
 On the phone: `device_accuracy` pushes an eval set and run_eval over an `AdbDevice` (`adb.py`), runs it and returns
 its top-1; all of run_eval's I/O lives here, `android.py` only calls it.
@@ -51,7 +55,7 @@ RAW_PIXEL_QUANT: dict[str, tuple[float, int]] = {"int8": (1.0, -128), "uint8": (
 # Delegate name -> run_eval flags (see the module docstring for "cpu").
 RUN_EVAL_DELEGATE_FLAGS: dict[str, tuple[str, ...]] = {
     "cpu": ("--use_xnnpack=false",),
-    "xnnpack": ("--delegate=xnnpack",),
+    "xnnpack": ("--use_xnnpack=true",),  # not --delegate=xnnpack, which forces FP16 (see the module docstring)
     "gpu": ("--delegate=gpu",),
     "nnapi": ("--delegate=nnapi",),
 }

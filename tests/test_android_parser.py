@@ -179,3 +179,80 @@ def test_run_eval_output_log_and_text_proto():
     r = parse_run_eval_output(proto)
     assert r["top1"] == pytest.approx(0.70) and r["n"] == 300
     assert parse_run_eval_output("ERROR: Could not read ground truth labels file") is None
+
+
+def test_stats_line_of_one_run_or_identical_runs():
+    """tsl `Stat::OutputToStream` prints `count=N curr=V` (glued `(all same)` when N > 1) when min == max."""
+    text = "count=1 curr=41250\ncount=50 curr=5000(all same) p5=5000 median=5000 p95=5000\n"
+    p = parse_benchmark_output(text)
+    w, i = p["warmup"], p["inference"]
+    assert w["count"] == 1 and w["avg_ms"] == pytest.approx(41.25) and w["all_same"] is True
+    assert i["count"] == 50 and (i["avg_ms"], i["min_ms"], i["max_ms"], i["std_ms"]) == (5.0, 5.0, 5.0, 0.0)
+    latency, note = latency_from_parsed(p)
+    assert latency["mean"] == latency["p50"] == 5.0 and latency["count"] == 50
+    assert "p50" in note["exact"] and "all_same" in note
+    # a one-run timed stats line alone (no warm-up printed) is the inference line, not a KeyError
+    latency, note = latency_from_parsed(parse_benchmark_output("count=1 curr=700\ncount=1 curr=650\n"))
+    assert latency["mean"] == pytest.approx(0.65) and latency["std"] == 0.0 and "p50" in note["exact"]
+
+
+def test_summary_without_warmup_runs_prints_nan():
+    text = (
+        "INFO: count=0\nINFO: count=3 first=900 curr=800 min=800 max=900 avg=840 std=40\n"
+        "INFO: Inference timings in us: Init: 5000, First inference: 0, Warmup (avg): nan, Inference (avg): 840\n"
+    )
+    p = parse_benchmark_output(text)
+    assert p["summary_us"]["warmup"] is None and p["summary_us"]["inference"] == 840.0
+    assert p["first_inference_ms"] is None  # "First inference: 0" is an empty Stat's value, not a time
+    assert p["init_ms"] == pytest.approx(5.0) and p["inference"]["avg_ms"] == pytest.approx(0.84)
+
+
+def test_default_xnnpack_after_an_explicit_gpu_delegate_is_marked_lazy():
+    text = "\n".join(
+        [
+            "INFO: Use gpu: [1]",
+            "INFO: Replacing 31 out of 58 node(s) with delegate (TfLiteGpuDelegateV2) node, yielding 6 partitions.",
+            "INFO: Explicitly applied GPU delegate, and the model graph will be partially executed by the delegate "
+            "w/ 6 delegate kernels.",
+            "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+            "INFO: Replacing 20 out of 27 node(s) with delegate (TfLiteXNNPackDelegate) node, yielding 3 partitions.",
+            "INFO: count=3 first=900 curr=800 min=800 max=900 avg=840 std=40",
+        ]
+    )
+    p = parse_benchmark_output(text)
+    gpu, xnn = p["delegates"]
+    assert gpu["applied"] == "explicit" and xnn["applied"] == "default-lazy"
+    assert p["xnnpack_created"] == "after-explicit"
+    assert p["delegate"]["name"] == "TfLiteGpuDelegateV2" and p["delegate"]["nodes_delegated"] == 31
+    # with no delegate flag, the interpreter's own XNNPACK is the only delegate the log shows
+    p = parse_benchmark_output(text.split("\n", 3)[3])
+    assert p["delegates"][0]["applied"] == "default-lazy" and p["delegate"]["nodes_delegated"] == 20
+
+
+def test_partial_gpu_record_says_what_ran_the_rest():
+    """Whether the lazy XNNPACK took what a GPU delegate left depends on the runtime; the record reads the log."""
+    from pacb_edge.device_bench.delegates import delegate_record
+
+    head = [
+        "INFO: Use gpu: [1]",
+        "INFO: Replacing 31 out of 58 node(s) with delegate (TfLiteGpuDelegateV2) node, yielding 6 partitions.",
+        "INFO: Explicitly applied GPU delegate, and the model graph will be partially executed by the delegate "
+        "w/ 6 delegate kernels.",
+    ]
+    tail = ["INFO: count=3 first=900 curr=800 min=800 max=900 avg=840 std=40"]
+    refused = [  # TF <= ~2.12: the graph is immutable after the GPU delegate
+        "ERROR: ModifyGraphWithDelegate is disallowed when graph is immutable.",
+        "INFO: Ignoring failed application of the default TensorFlow Lite delegate indexed at 0.",
+    ]
+    p = parse_benchmark_output("\n".join(head + refused + tail))
+    assert p["default_xnnpack"] == "refused" and p["errors"] == []  # not a failure, and said
+    info, warnings = delegate_record(p, "gpu")
+    assert info["rest_ran_on"] == "builtin kernels" and "builtin kernels" in warnings[0]
+    applied = [
+        "INFO: Replacing 20 out of 27 node(s) with delegate (TfLiteXNNPackDelegate) node, yielding 3 partitions.",
+        "INFO: Successfully applied the default TensorFlow Lite delegate indexed at 0.",
+    ]
+    info, warnings = delegate_record(parse_benchmark_output("\n".join(head + applied + tail)), "gpu")
+    assert info["rest_ran_on"] == "xnnpack" and info["nodes_delegated"] == 31
+    info, warnings = delegate_record(parse_benchmark_output("\n".join(head + tail)), "gpu")
+    assert info["rest_ran_on"] is None and "does not say" in warnings[0]

@@ -171,6 +171,20 @@ def test_emulated_device_happy_path_cpu(device):
     assert os.access(device.remote(f"{REMOTE}/benchmark_model"), os.X_OK)
 
 
+def test_op_profiling_is_a_separate_run_from_the_timed_one(device, tmp_path):
+    log = tmp_path / "logs" / "bench.txt"
+    r = device.runner(delegate="cpu", enable_op_profiling=True).run(device.model, log_path=log)
+    benches = [shlex.split(c) for c in device.shell_commands() if "--graph=" in c]
+    assert len(benches) == 2
+    assert "--enable_op_profiling=true" not in benches[0]  # the timed run: no profiler overhead in latency_ms
+    assert benches[1][-2] == "--enable_op_profiling=true"
+    prof = r.extra["op_profile"]
+    assert prof["log"] == str(log.with_suffix(".ops.txt")) and Path(prof["log"]).is_file()
+    assert "without the profiler" in prof["note"] and "--enable_op_profiling=true" not in r.extra["benchmark_command"]
+    assert r.latency_ms["mean"] == pytest.approx(57.8192)
+    assert "op_profile" not in device.runner(delegate="cpu").run(device.model).extra  # off by default
+
+
 def test_emulated_device_gpu_partial_delegate_warns(device, caplog):
     device.fixture("benchmark_model_delegate_fallback.txt")
     with caplog.at_level(logging.WARNING):
@@ -350,6 +364,18 @@ def test_int8_raw_pixel_model_gets_device_accuracy_with_the_same_delegate(device
     args = (device.root / "run_eval_args").read_text().splitlines()
     assert "--use_xnnpack=false" in args and not any(a.startswith("--delegate") for a in args)
     assert r.extra["delegate"]["requested"] == "cpu" and r.extra["warnings"] == []
+
+
+def test_xnnpack_accuracy_is_measured_in_fp32_like_the_latency(device, tmp_path, monkeypatch):
+    """run_eval's `--delegate=xnnpack` also sets xnnpack_force_fp16; the delegate-provider flag does not."""
+    monkeypatch.setattr(run_eval, "_model_io", lambda path: INT8_RAW_IO)
+    eval_set = write_eval_set(np.zeros((10, 3, 8, 8), np.uint8), np.arange(10), tmp_path / "eval")
+    runner = device.runner(delegate="xnnpack", eval_binary=FAKE_ADB_DIR / "run_eval")
+    runner.run(device.model, INT8_RAW_MANIFEST, eval_set=eval_set)
+    args = (device.root / "run_eval_args").read_text().splitlines()
+    assert "--use_xnnpack=true" in args and not any(a.startswith(("--delegate", "--xnnpack_force_fp16")) for a in args)
+    bench = (device.root / "benchmark_model_args").read_text().splitlines()
+    assert "--use_xnnpack=true" in bench  # the latency is timed with the same flag
 
 
 def test_old_run_eval_ignoring_use_xnnpack_is_reported(device, tmp_path, monkeypatch):
