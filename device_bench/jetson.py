@@ -137,13 +137,36 @@ class JetsonRunner:
 
     # running
 
+    def device_parser_check(self, bundle: Path) -> dict[str, Any]:
+        """Before anything is built: the device's TensorRT version, and the bundle's ONNX checked against that
+        version's parser profile (a refusal is a one-line `PacbEdgeError`). Returns what the record keeps."""
+        import json
+
+        from pacb_edge.export.trt_check import preflight, profile_for_device
+
+        manifest_file = bundle / "manifest.json"
+        try:
+            manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        except (OSError, ValueError):
+            manifest = {}
+        exported_for = (manifest.get("tensorrt_profile") or {}).get("version")
+        version = self.session.tensorrt_version()
+        profile, differs = profile_for_device(version, exported_for)
+        if differs:
+            log.warning("%s: %s", bundle.name, differs)
+        preflight(bundle / "model.onnx", profile.version)
+        return {"device_tensorrt": version, "checked_profile": profile.version, "profile_note": differs}
+
     def run(self, bundle_dir: str | Path) -> BenchResult:
         """Bench one bundle; a harness failure is a failed record, a connection failure a `PacbEdgeError`."""
         bundle = check_bundle(bundle_dir)
         if self.target is not None:
             log.info("benching %s on %s", bundle, self.target.host)
+            checked = self.device_parser_check(bundle) if self.backend == "tensorrt" else {}
             run = self.session.run_harness(bundle, self.bench_args())
-            return self._record(bundle, run.returncode, run.stdout, run.stderr, run.where)
+            rec = self._record(bundle, run.returncode, run.stdout, run.stderr, run.where)
+            rec.extra.update(checked)
+            return rec
         try:  # here there is no connection to fail: a python that cannot start is a failed harness
             run = self.session.run_harness(bundle, self.bench_args())
         except PacbEdgeError as e:

@@ -7,6 +7,7 @@ failure leaves no partial artifact behind.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -18,7 +19,10 @@ from typing import Any
 import numpy as np
 
 from pacb_edge.errors import PacbEdgeError
+from pacb_edge.export.trt_check import DEFAULT_TRT
 from pacb_edge.fileio import atomic_write_bytes, atomic_write_json, ensure_dir
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "export_report.json"
 INT8_REPORT_NAME = "model_int8_quant_report.json"  # beside model_int8.tflite, with a .png of the worst layers
@@ -57,7 +61,7 @@ class ExportContext:
     calibration: Callable[[], np.ndarray]
     staging: Path
     opset: int = 17
-    trt_version: str = "8.2"
+    trt_version: str = DEFAULT_TRT
     dynamic_batch: bool = False
     max_int8_drop: float = 1.0
     allow_drop: bool = False
@@ -333,10 +337,17 @@ def export_trt_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[d
     """A Jetson bundle at the target TensorRT's opset, checked against its parser before anything is written;
     with `--host` (or TensorRT here) the engine is built where it runs and its accuracy verified like any artifact."""
     from pacb_edge.export.manifest import tool_versions
-    from pacb_edge.export.tensorrt import build_and_verify, tensorrt_available, write_bundle
-    from pacb_edge.export.trt_check import get_profile, preflight
+    from pacb_edge.export.tensorrt import BundleSession, build_and_verify, tensorrt_available, write_bundle
+    from pacb_edge.export.trt_check import get_profile, preflight, profile_for_device
 
     profile = get_profile(ctx.trt_version)
+    session = None
+    if ctx.ssh.get("host"):  # ask the device which parser it has before anything is built or sent
+        session = BundleSession(**ctx.ssh)
+        profile, differs = profile_for_device(session.tensorrt_version(), ctx.trt_version)
+        if differs:
+            log.warning("%s", differs)
+            ctx.notes.append(differs)
     opset = min(ctx.opset, profile.max_opset)
     onnx_path = ctx.onnx_file(opset)
     preflight(onnx_path, profile.version)  # refuse here, before the bundle is written or sent anywhere
@@ -382,7 +393,10 @@ def export_trt_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[d
         ]
     results: list[dict[str, Any]] = []
     for precision in precisions:
-        result = build_and_verify(bundle, precision, eval_limit=None, **ctx.ssh)
+        if session is not None:
+            result = build_and_verify(bundle, precision, session=session, eval_limit=None)
+        else:
+            result = build_and_verify(bundle, precision, eval_limit=None, **ctx.ssh)
         verification = {
             "top1": result["top1"],
             "torch_top1": ctx.torch_top1,
@@ -456,7 +470,7 @@ def export_checkpoint(
     out_dir: str | Path | None = None,
     calibration_images: int = 300,
     opset: int = 17,
-    trt_version: str = "8.2",
+    trt_version: str = DEFAULT_TRT,
     dynamic_batch: bool = False,
     max_int8_drop: float = 1.0,
     allow_drop: bool = False,
@@ -481,6 +495,11 @@ def export_checkpoint(
 
     formats = [get_format(t) for t in targets]
     precisions = {f.name: parse_precisions(f, precision, lenient=len(formats) > 1) for f in formats}
+    if int8_budget < 0 or max_int8_drop < 0:
+        raise PacbEdgeError(
+            f"--int8-budget and --max-int8-drop are top-1 drops in pp and must be >= 0, got {int8_budget:g} and "
+            f"{max_int8_drop:g}"
+        )
     if calibration_images < 1 and any("int8" in p for p in precisions.values()):
         raise PacbEdgeError("INT8 needs calibration data: --calibration-images must be at least 1")
     if "trt" in precisions:

@@ -234,6 +234,20 @@ class BundleSession:
             self.remote_dir = remote_path(remote_dir)
             self.target = SSHTarget(host, port=port, identity_file=identity_file, config_file=ssh_config)
 
+    def tensorrt_version(self) -> str | None:
+        """The TensorRT version `python` imports on the device (or here), read before anything is built; None when
+        it cannot import tensorrt (the harness then fails with its own message)."""
+        argv = [self.python, "-c", "import tensorrt; print(tensorrt.__version__)"]
+        if self.target is not None:
+            proc = self.target.run(argv, timeout=min(self.timeout, 120), check=False)
+        else:
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+        lines = (proc.stdout or "").strip().splitlines()
+        return lines[-1].strip() if proc.returncode == 0 and lines else None
+
     def upload(self, bundle: str | Path) -> dict[str, Any]:
         """Put `bundle` on the device unless an identical complete upload is there (one ssh command asks).
 

@@ -385,9 +385,13 @@ def profile_cmd(
 @user_errors
 def check_cmd(
     model: Annotated[Path, typer.Argument(help="An ONNX file.")],
-    trt: Annotated[str, typer.Option("--trt", help="TensorRT version to check against: 8.2, 8.4, 8.5, 8.6 or 10.")] = (
-        "8.2"
-    ),
+    trt: Annotated[
+        str,
+        typer.Option(
+            "--trt",
+            help="TensorRT version to check against: 8.0 (JetPack 4.6), 8.2 (4.6.1+), 8.4, 8.5, 8.6, 10.1, 10.3.",
+        ),
+    ] = "8.0",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the problems as JSON here.")] = None,
 ) -> None:
     """Would this TensorRT version's ONNX parser take MODEL? Checked here, with no TensorRT installed.
@@ -430,9 +434,9 @@ def export(
         typer.Option(
             "--trt",
             rich_help_panel="TensorRT (--target trt)",
-            help="trt: target TensorRT version (8.2 = JetPack 4.6, the Nano's), see `check`.",
+            help="trt: target TensorRT version (8.0 = JetPack 4.6, the oldest Nano parser; 8.2 = 4.6.1+), see `check`.",
         ),
-    ] = "8.2",
+    ] = "8.0",
     dynamic_batch: Annotated[bool, typer.Option(help="ONNX with a dynamic batch axis.")] = False,
     max_int8_drop: Annotated[float, typer.Option(help="Fail when INT8 loses more top-1 (pp) than this.")] = 1.0,
     allow_drop: Annotated[bool, typer.Option(help="Keep INT8 past --max-int8-drop or --int8-budget.")] = False,

@@ -184,7 +184,7 @@ class Measurer:
         if target == "jetson":
             from pacb_edge.export.trt_check import get_profile
 
-            opset = min(opset, get_profile(self.opts.jetson.get("trt") or "8.2").max_opset)
+            opset = min(opset, get_profile(self.opts.jetson.get("trt")).max_opset)
         onnx_path = export_onnx(deployable(candidate.model), candidate.spec, folder / "model.onnx", opset=opset)
         if target == "onnxruntime":
             path = onnx_path

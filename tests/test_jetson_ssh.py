@@ -385,3 +385,30 @@ def test_profile_measures_candidates_through_the_jetson_runner(sshd, tiny_run, t
     assert table.floor_ms > 0 and table.unpruned_ms > 0 and len(table.samples) >= 4 + 2
     # every candidate arrived on the device as a bundle of its own
     assert len(list(remote_dir.glob("bundle-*"))) >= 4 + 2
+
+
+def _device_python(root: Path, trt_version: str) -> Path:
+    """A device python whose `import tensorrt` finds a stand-in reporting `trt_version`."""
+    site = root / f"site_{trt_version}"
+    (site / "tensorrt").mkdir(parents=True)
+    (site / "tensorrt" / "__init__.py").write_text(f"__version__ = {trt_version!r}\n")
+    wrapper = root / f"python_trt_{trt_version}"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(site))} exec {shlex.quote(sys.executable)} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@needs_sshd
+def test_tensorrt_bench_checks_the_devices_parser_before_anything_is_built(sshd, tiny_bundle, tmp_path):
+    bundle = tiny_bundle[0]  # opset 17: TensorRT 8.0/8.2 read opset 13 at most
+    remote = tmp_path / "remote"
+    newer = _runner(sshd.client_config(), remote, backend="tensorrt", precision="fp16",
+                    python=str(_device_python(tmp_path, "8.6.1.6")))  # fmt: skip
+    checked = newer.device_parser_check(bundle)
+    assert checked["device_tensorrt"] == "8.6.1.6" and checked["checked_profile"] == "8.6"
+    assert "checked against TensorRT 8.6 (JetPack 6.0), not --trt 8.0" in checked["profile_note"]
+    nano = _runner(sshd.client_config(), remote, backend="tensorrt", precision="fp16",
+                   python=str(_device_python(tmp_path, "8.0.1.6")))  # fmt: skip
+    with pytest.raises(PacbEdgeError, match=r"TensorRT 8\.0 \(JetPack 4\.6\) cannot parse model\.onnx: opset 17"):
+        nano.run(bundle)
+    assert not remote.exists()  # refused before the upload: nothing was sent or built
