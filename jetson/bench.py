@@ -3,7 +3,8 @@
     python3 bench.py --bundle DIR [--backend tensorrt|onnxruntime] [--precision fp32|fp16|int8]
                      [--warmup 20] [--runs 200] [--min-time 0] [--threads N] [--eval-limit N]
 
-Runs on JetPack 4.6 (Python 3.6, TensorRT 8.2, CUDA 10.2, pycuda): standard library and numpy at module level;
+Runs on JetPack 4.6.x (Python 3.6, TensorRT 8.0.1 on 4.6 and 8.2.1 on 4.6.1+, CUDA 10.2, pycuda) and later
+JetPacks: standard library and numpy at module level;
 tensorrt, pycuda and onnxruntime are imported only by the backend that needs them.
 
 What is measured, per batch-1 image (names as in trtexec's performance summary):
@@ -182,6 +183,29 @@ class OnnxRuntimeRunner(object):
         self.session = None
 
 
+# TensorRT DataType name -> numpy type. `trt.nptype` is not used: up to 8.5.1 it maps BOOL to `np.bool`, which
+# numpy 1.24 removed, so with a newer numpy every call raises (NVIDIA/TensorRT python/packaging/tensorrt/__init__.py;
+# 8.5.3 uses `np.bool_`).
+_NP_TYPES = (("FLOAT", "float32"), ("HALF", "float16"), ("INT8", "int8"), ("INT32", "int32"), ("INT64", "int64"),
+             ("BOOL", "bool_"), ("UINT8", "uint8"))
+
+
+def np_dtype(trt, dtype):
+    """The numpy type of a TensorRT DataType, without `trt.nptype`."""
+    for name, np_name in _NP_TYPES:
+        if hasattr(trt.DataType, name) and dtype == getattr(trt.DataType, name):
+            return getattr(np, np_name)
+    raise HarnessError("TensorRT data type %s has no numpy equivalent here" % (dtype,))
+
+
+def _shape_set(ok, name, image_shape, engine_shape):
+    """`set_binding_shape` / `set_input_shape` return False when the shape is outside the engine's profile: say so
+    here rather than let the next call fail on an unset shape."""
+    if ok is False:
+        raise HarnessError("TensorRT refused input shape %s for %s (engine shape %s, outside its optimization profile)"
+                           % (tuple(image_shape), name, tuple(engine_shape)))
+
+
 class TensorRTRunner(object):
     """A deserialized TensorRT engine with pinned host and device buffers; host and GPU compute time."""
 
@@ -237,11 +261,12 @@ class TensorRTRunner(object):
                 shape = list(engine.get_binding_shape(i))
                 _check_image_shape(shape, image_shape, "engine")
                 if any(d < 0 for d in shape):
-                    self.context.set_binding_shape(i, tuple(image_shape))
+                    _shape_set(self.context.set_binding_shape(i, tuple(image_shape)), engine.get_binding_name(i),
+                               image_shape, shape)
         for i in range(engine.num_bindings):
             name = engine.get_binding_name(i)
             shape = self.context.get_binding_shape(i)
-            host, device = self._buffers(shape, trt.nptype(engine.get_binding_dtype(i)))
+            host, device = self._buffers(shape, np_dtype(trt, engine.get_binding_dtype(i)))
             self.bindings.append(int(device))
             (self.inputs if engine.binding_is_input(i) else self.outputs).append((name, host, device))
 
@@ -254,10 +279,10 @@ class TensorRTRunner(object):
                 shape = list(engine.get_tensor_shape(name))
                 _check_image_shape(shape, image_shape, "engine")
                 if any(d < 0 for d in shape):
-                    self.context.set_input_shape(name, tuple(image_shape))
+                    _shape_set(self.context.set_input_shape(name, tuple(image_shape)), name, image_shape, shape)
         for name in names:
             host, device = self._buffers(self.context.get_tensor_shape(name),
-                                         trt.nptype(engine.get_tensor_dtype(name)))
+                                         np_dtype(trt, engine.get_tensor_dtype(name)))
             self.context.set_tensor_address(name, int(device))
             (self.inputs if is_input[name] else self.outputs).append((name, host, device))
 

@@ -1,6 +1,7 @@
 """Build a TensorRT engine from a bundle's model.onnx on the device that will run it.
 
-Runs on JetPack 4.6 (Python 3.6, TensorRT 8.2, CUDA 10.2, pycuda): standard library and numpy at module level,
+Runs on JetPack 4.6.x (Python 3.6, TensorRT 8.0.1 on 4.6 and 8.2.1 on 4.6.1+, CUDA 10.2, pycuda) and later
+JetPacks: standard library and numpy at module level,
 tensorrt and pycuda imported only inside the functions that need them.
 
 An engine only runs on the TensorRT version and GPU that built it, so its file name carries both
@@ -179,6 +180,21 @@ def _engine_is_current(path, key):
     return os.path.isfile(path) and os.path.getsize(path) > 0 and _read_json(path + ".json") == key
 
 
+def no_cache_value(trt_version):
+    """What `read_calibration_cache` returns when there is no cache, for this TensorRT version's Python binding.
+
+    8.0.1 casts the return value to `py::buffer` unconditionally, and `None` raises ("Cannot cast None to py::buffer",
+    the comment 8.2.1 added with its `is_none()` check: NVIDIA/TensorRT python/src/infer/pyInt8.cpp): the first INT8
+    build would abort. An empty buffer is a cache of length 0, which TensorRT ignores and calibrates. 8.2 and later
+    take `None`, the documented value.
+    """
+    return b"" if _version_tuple(trt_version) < (8, 2) else None
+
+
+def _version_tuple(version):
+    return tuple(int(p) for p in re.findall(r"\d+", str(version))[:3])
+
+
 def _make_calibrator(trt, batches, cache_path, cache_key):
     """An IInt8EntropyCalibrator2 that feeds `batches` (float32 arrays of the network input's shape) from
     pycuda device memory and keeps its cache in `cache_path`, valid only while `cache_key` matches."""
@@ -202,11 +218,15 @@ def _make_calibrator(trt, batches, cache_path, cache_key):
             return [int(self.device_input)]
 
         def read_calibration_cache(self):
+            # The bytes are kept on the calibrator: TensorRT 8.0.1's binding holds the returned buffer only while the
+            # call lasts and TensorRT reads the pointer later (8.2.1 keeps its own reference: NVIDIA/TensorRT
+            # python/src/infer/pyInt8.cpp, `mCache`).
             if os.path.isfile(cache_path) and _read_json(cache_path + ".json") == cache_key:
                 sys.stderr.write("build_engine: using calibration cache %s\n" % cache_path)
                 with open(cache_path, "rb") as f:
-                    return f.read()
-            return None
+                    self.cache = f.read()
+                return self.cache
+            return no_cache_value(trt.__version__)
 
         def write_calibration_cache(self, cache):
             _atomic_write_bytes(cache_path, bytes(cache))

@@ -326,3 +326,177 @@ def test_only_the_json_reaches_stdout(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 1 and json.loads(proc.stdout)["status"] == "ok"
     assert "python noise" in proc.stderr and "native noise" in proc.stderr
+
+
+# --- TensorRT binding stand-ins: each behaves as that version's Python binding does where the harness relies on it.
+
+
+class _FakeCuda:
+    """pycuda.driver, enough for the calibrator and the runner's buffers."""
+
+    class _Device:
+        def name(self):
+            return "NVIDIA Tegra X1"
+
+        def compute_capability(self):
+            return (5, 3)
+
+    class Context:
+        @staticmethod
+        def get_device():
+            return _FakeCuda._Device()
+
+    class Stream:
+        handle = 0
+
+        def synchronize(self):
+            pass
+
+    class Event:
+        def record(self, stream=None):
+            pass
+
+    def __init__(self):
+        self.allocs = 0
+
+    def mem_alloc(self, n):
+        self.allocs += 1
+        return self.allocs
+
+    def pagelocked_empty(self, shape, dtype):
+        return np.zeros(shape, dtype)
+
+    def memcpy_htod(self, *a):
+        pass
+
+
+def _fake_trt(version, *, refuse_none_cache, nptype_broken, shape_accepted=True):
+    """A `tensorrt` module: 8.0.1's calibrator binding casts read_calibration_cache's value to a buffer (None raises);
+    TensorRT <= 8.5.1's `nptype` touches `np.bool`, gone in numpy >= 1.24; `set_binding_shape` returns a bool."""
+    import types
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+
+    class DataType:
+        FLOAT, HALF, INT8, INT32, BOOL = range(5)
+
+    trt.DataType = DataType
+
+    def nptype(dtype):
+        if nptype_broken:
+            raise AttributeError("module 'numpy' has no attribute 'bool'")
+        return np.float32
+
+    trt.nptype = nptype
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            pass
+
+    def binding_reads_cache(calibrator):  # pyInt8.cpp readCalibrationCache, per version
+        value = calibrator.read_calibration_cache()
+        if value is None and refuse_none_cache:
+            raise TypeError("Unable to cast Python instance of type <class 'NoneType'> to C++ type 'buffer'")
+        return value
+
+    trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+    trt.binding_reads_cache = binding_reads_cache
+
+    class Context:
+        def set_binding_shape(self, i, shape):
+            self.shape = tuple(shape)
+            return shape_accepted
+
+        def get_binding_shape(self, i):
+            return getattr(self, "shape", (1, 3, IMAGE_SIZE, IMAGE_SIZE)) if i == 0 else (1, NUM_CLASSES)
+
+    class Engine:  # TensorRT 8.0/8.2: bindings only (no num_io_tensors)
+        num_bindings = 2
+
+        def binding_is_input(self, i):
+            return i == 0
+
+        def get_binding_shape(self, i):
+            return (-1, 3, IMAGE_SIZE, IMAGE_SIZE) if i == 0 else (-1, NUM_CLASSES)
+
+        def get_binding_name(self, i):
+            return ("input", "logits")[i]
+
+        def get_binding_dtype(self, i):
+            return DataType.FLOAT if i == 0 else DataType.BOOL
+
+        def create_execution_context(self):
+            return Context()
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine()
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    return trt
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    import types
+
+    def install(trt):
+        cuda = _FakeCuda()
+        pycuda = types.ModuleType("pycuda")
+        pycuda.driver = cuda
+        monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+        monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+        monkeypatch.setitem(sys.modules, "pycuda.autoprimaryctx", types.ModuleType("pycuda.autoprimaryctx"))
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.syspath_prepend(str(JETSON_DIR))
+        monkeypatch.delitem(sys.modules, "build_engine", raising=False)
+        return trt
+
+    return install
+
+
+@pytest.mark.parametrize("version,none_ok", [("8.0.1.6", False), ("8.2.1.8", True)])
+def test_first_int8_build_reads_no_cache_in_a_form_the_binding_takes(stand_ins, tmp_path, version, none_ok):
+    trt = stand_ins(_fake_trt(version, refuse_none_cache=not none_ok, nptype_broken=False))
+    build_engine = _load_module("build_engine")
+    batches = [np.zeros((1, 3, 4, 4), np.float32)]
+    calibrator = build_engine._make_calibrator(trt, batches, str(tmp_path / "c.cache"), {"k": 1})
+    value = trt.binding_reads_cache(calibrator)  # 8.0.1 raised here on None: no JSON, the build aborted
+    assert value == (None if none_ok else b"")
+
+
+def test_a_cache_read_back_stays_referenced_by_the_calibrator(stand_ins, tmp_path):
+    """8.0.1 keeps no reference to the returned bytes while TensorRT reads them: the calibrator must."""
+    trt = stand_ins(_fake_trt("8.0.1.6", refuse_none_cache=True, nptype_broken=False))
+    build_engine = _load_module("build_engine")
+    cache = tmp_path / "c.cache"
+    cache.write_bytes(b"TRT-8001-EntropyCalibration2\n" + bytes(range(64)))
+    (tmp_path / "c.cache.json").write_text(json.dumps({"k": 1}))
+    calibrator = build_engine._make_calibrator(trt, [np.zeros((1, 3, 4, 4), np.float32)], str(cache), {"k": 1})
+    value = trt.binding_reads_cache(calibrator)
+    assert value == cache.read_bytes() and calibrator.cache is value
+
+
+def test_runner_maps_dtypes_without_trt_nptype_and_checks_the_shape_it_sets(stand_ins, tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine")
+    stand_ins(_fake_trt("8.4.1.5", refuse_none_cache=False, nptype_broken=True))  # numpy >= 1.24: np.bool is gone
+    bench = _load_module("bench")
+    runner = bench.TensorRTRunner(str(engine))
+    runner.load((1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    assert [h.dtype for _, h, _ in runner.inputs + runner.outputs] == [np.float32, np.bool_]
+    assert runner.inputs[0][1].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    stand_ins(_fake_trt("8.0.1.6", refuse_none_cache=True, nptype_broken=False, shape_accepted=False))
+    bench = _load_module("bench")
+    with pytest.raises(bench.HarnessError, match=r"refused input shape \(1, 3, 16, 16\) for input"):
+        bench.TensorRTRunner(str(engine)).load((1, 3, IMAGE_SIZE, IMAGE_SIZE))
