@@ -256,3 +256,21 @@ def test_partial_gpu_record_says_what_ran_the_rest():
     assert info["rest_ran_on"] == "xnnpack" and info["nodes_delegated"] == 31
     info, warnings = delegate_record(parse_benchmark_output("\n".join(head + tail)), "gpu")
     assert info["rest_ran_on"] is None and "does not say" in warnings[0]
+
+
+def test_single_run_fixture_is_a_latency_not_a_key_error():
+    p = parse_benchmark_output(fixture_text("benchmark_model_single_run.txt"))
+    assert p["warmup"]["count"] == 1 and p["inference"]["count"] == 1
+    latency, note = latency_from_parsed(p)
+    assert latency["mean"] == latency["p50"] == latency["min"] == pytest.approx(57.913) and latency["std"] == 0.0
+    assert "all_same" in note and p["first_inference_ms"] == pytest.approx(61.382)
+
+
+def test_partial_gpu_fixture_whose_default_xnnpack_was_refused():
+    from pacb_edge.device_bench.delegates import delegate_record
+
+    p = parse_benchmark_output(fixture_text("benchmark_model_gpu_partial_default_refused.txt"))
+    assert p["errors"] == [] and p["default_xnnpack"] == "refused"
+    info, warnings = delegate_record(p, "gpu")
+    assert (info["nodes_delegated"], info["nodes_total"], info["rest_ran_on"]) == (44, 61, "builtin kernels")
+    assert len(warnings) == 1 and "builtin kernels" in warnings[0]
