@@ -47,6 +47,28 @@ def ssh_options(
     }
 
 
+MIN_INPUT_SIZE = 8  # the smallest input every stem takes (`pacb-edge models` refuses less too)
+
+
+def check_run_ranges(p: dict[str, Any]) -> None:
+    """Every `train` option with a range, checked whether or not its stage runs, before anything is written."""
+    from pacb_edge.models import list_attentions, list_models
+
+    if p["input_size"] is not None and p["input_size"] < MIN_INPUT_SIZE:
+        raise PacbEdgeError(f"--input-size must be at least {MIN_INPUT_SIZE}, got {p['input_size']}")
+    if p["width_mult"] <= 0:
+        raise PacbEdgeError(f"--width-mult must be positive, got {p['width_mult']:g}")
+    if p["prune_ratio"] is not None and not 0 <= p["prune_ratio"] < 1:
+        raise PacbEdgeError(f"--prune-ratio must be in [0, 1), got {p['prune_ratio']:g}")
+    if p["model"] not in list_models():
+        raise PacbEdgeError(
+            f"unknown model {p['model']!r}; see `pacb-edge models` (e.g. {', '.join(list_models()[:4])})"
+        )
+    attention = p["attention"]
+    if attention not in (None, "none", "") and attention not in list_attentions():
+        raise PacbEdgeError(f"unknown attention {attention!r}; choose one of none, {', '.join(list_attentions())}")
+
+
 def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOptions
     """`pacb-edge train`'s options as the pipeline's `RunOptions` (training, fine-tuning and pruning configs)."""
     from pacb_edge.pipeline import RunOptions
@@ -73,6 +95,7 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
     finetune = TrainConfig(
         epochs=p["finetune_epochs"], lr=p["finetune_lr"] or p["lr"] / 5, warmup_epochs=0, sparsity=0.0, **common
     )
+    check_run_ranges(p)
     prune = None
     budget = p["latency_budget"] is not None or p["latency_ratio"] is not None
     latency = target = None

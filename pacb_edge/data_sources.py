@@ -166,9 +166,18 @@ class FileImages:
             h.update(f"{path.parent.name}/{path.name}:{size}:{int(self.labels[i])}\n".encode())
         return h.hexdigest()
 
+    def _read(self, i: int) -> torch.Tensor:
+        """Image `i`'s pixels; an unreadable file is one line naming it."""
+        try:
+            return self.dataset[i][0]
+        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+            samples = getattr(self.dataset, "samples", None) or getattr(self.dataset, "_samples", None) or []
+            where = samples[i][0] if i < len(samples) else f"image #{i}"
+            raise PacbEdgeError(f"cannot read image {where}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
     def resized(self, indices: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
         # Images differ in size, so each is resized on its own before stacking.
-        rows = [preprocess.resize(self.dataset[int(i)][0][None]) for i in indices]
+        rows = [preprocess.resize(self._read(int(i))[None]) for i in indices]
         if not rows:
             c = 3 if preprocess.to_rgb else len(preprocess.mean)
             return torch.empty(0, c, preprocess.input_size, preprocess.input_size)
@@ -467,6 +476,19 @@ def load_gtsrb_splits(req: DataRequest) -> Splits:
     return _official_splits(stores[0], stores[1], list(GTSRB_CLASS_NAMES[:k]), req)
 
 
+def _check_readable(samples: list[tuple[str, int]]) -> None:
+    """Open every image's header (PIL reads no pixels for it), so an unreadable file is refused before a run starts
+    and writes anything, in one line that names it."""
+    from PIL import Image
+
+    for file, _ in samples:
+        try:
+            with Image.open(file) as im:
+                im.size  # noqa: B018 - the header, parsed
+        except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+            raise PacbEdgeError(f"cannot read image {file}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
 def _image_folder(path: Path, class_to_idx: dict[str, int] | None = None) -> tuple[Any, list[str]]:
     """torchvision ImageFolder (RGB) over `path`; with `class_to_idx`, labels follow that numbering."""
     try:
@@ -475,6 +497,7 @@ def _image_folder(path: Path, class_to_idx: dict[str, int] | None = None) -> tup
         raise PacbEdgeError(f"imagefolder: {_one_line(e)} (expected {path}/<class>/<image>)") from None
     if not ds.samples:
         raise PacbEdgeError(f"imagefolder: no images in {path} (expected {path}/<class>/<image>)")
+    _check_readable(ds.samples)
     if class_to_idx is not None:
         unknown = sorted(set(ds.classes) - set(class_to_idx))
         if unknown:
