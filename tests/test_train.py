@@ -190,7 +190,7 @@ def _cli(*args):
         (["--model", "resnet9000"], "unknown model"),
         (["--dataset", "mnist-ish"], "unknown dataset"),
         (["--prune", "taylor"], "unknown pruning criterion"),
-        (["--prune", "bn-scale", "--prune-ratio", "1.5"], "prune ratio must be in"),
+        (["--prune", "bn-scale", "--prune-ratio", "1.5"], "--prune-ratio must be in [0, 1)"),
         (["--resume"], "no checkpoint to resume"),
         (["--optimizer", "lion"], "unknown optimizer"),
     ],
