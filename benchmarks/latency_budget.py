@@ -102,42 +102,17 @@ def train_base(run: Path, arch: str, size: int) -> None:
 
 def prune(base: Path, run: Path, size: int, *opts: str, finetune: bool = False) -> dict:
     """Prune the base model into `run` (stage prune), optionally fine-tune it; returns the run's metrics."""
+
+    def stage(name: str, *first: str) -> None:
+        sh("train", "--stage", name, *first, "--prune", "bn-scale", *opts, *schedule(size), *FINETUNE,
+           "--threads", THREADS, "--out", str(run), log=run.parent / f"{run.name}.log")  # fmt: skip
+
     if not done(run, "prune"):
         if run.exists():
             shutil.rmtree(run)
-        sh(
-            "train",
-            "--stage",
-            "prune",
-            "--checkpoint",
-            str(base / "base"),
-            "--prune",
-            "bn-scale",
-            *opts,
-            *schedule(size),
-            *FINETUNE,
-            "--threads",
-            THREADS,
-            "--out",
-            str(run),
-            log=run.parent / f"{run.name}.log",
-        )
+        stage("prune", "--checkpoint", str(base / "base"))
     if finetune and not done(run, "finetune"):
-        sh(
-            "train",
-            "--stage",
-            "finetune",
-            "--prune",
-            "bn-scale",
-            *opts,
-            *schedule(size),
-            *FINETUNE,
-            "--threads",
-            THREADS,
-            "--out",
-            str(run),
-            log=run.parent / f"{run.name}.log",
-        )
+        stage("finetune")
     return metrics(run)
 
 

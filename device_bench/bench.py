@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +54,10 @@ def artifact_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     p = Path(path)
     if not p.exists():
         raise PacbEdgeError(f"artifact {p} does not exist")
-    if p.is_dir() and (p / "manifest.json").is_file():
-        try:
-            manifest = json.loads((p / "manifest.json").read_text())
-        except json.JSONDecodeError as e:
-            raise PacbEdgeError(f"bundle manifest {p / 'manifest.json'} is not valid JSON: {e}") from None
+    from pacb_edge.export.tensorrt import BUNDLE_MANIFEST, read_bundle_manifest
+
+    if p.is_dir() and (p / BUNDLE_MANIFEST).is_file():
+        manifest = read_bundle_manifest(p)
         return manifest.get("spec", {}), manifest
     if p.is_dir() or p.suffix == ".safetensors":
         from pacb_edge.checkpoint import read_spec

@@ -26,6 +26,7 @@ from typing import Any
 
 from pacb_edge.errors import PacbEdgeError
 from pacb_edge.export.tensorrt import (
+    BUNDLE_MANIFEST,
     HARNESS_DIR,  # noqa: F401 - part of this module's interface (the folder the harness runs from)
     PRECISIONS,
     BundleSession,
@@ -33,6 +34,7 @@ from pacb_edge.export.tensorrt import (
     last_line,
     one_line,
     parse_harness_output,
+    read_bundle_manifest,
     upload_plan,
 )
 
@@ -140,15 +142,9 @@ class JetsonRunner:
     def device_parser_check(self, bundle: Path) -> dict[str, Any]:
         """Before anything is built: the device's TensorRT version, and the bundle's ONNX checked against that
         version's parser profile (a refusal is a one-line `PacbEdgeError`). Returns what the record keeps."""
-        import json
-
         from pacb_edge.export.trt_check import preflight, profile_for_device
 
-        manifest_file = bundle / "manifest.json"
-        try:
-            manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-        except (OSError, ValueError):
-            manifest = {}
+        manifest = read_bundle_manifest(bundle) if (bundle / BUNDLE_MANIFEST).is_file() else {}
         exported_for = (manifest.get("tensorrt_profile") or {}).get("version")
         version = self.session.tensorrt_version()
         profile, differs = profile_for_device(version, exported_for)

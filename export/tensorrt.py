@@ -150,6 +150,15 @@ class HarnessRun(NamedTuple):
     where: dict[str, Any]
 
 
+def read_bundle_manifest(bundle: str | Path) -> dict[str, Any]:
+    """A bundle's `manifest.json`; invalid JSON is a one-line error."""
+    path = Path(bundle) / BUNDLE_MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PacbEdgeError(f"bundle manifest {path} is not valid JSON: {e}") from None
+
+
 def check_bundle(bundle: str | Path) -> Path:
     """`bundle` as a Path, or a `PacbEdgeError` when it is not a bundle folder with model.onnx."""
     path = Path(bundle)

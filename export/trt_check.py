@@ -255,17 +255,20 @@ def _violations(node, graph: _Graph, profile: TrtProfile) -> list[tuple[str, str
     return found
 
 
-def _takes(profile: TrtProfile, opset: int | None, op: str | None = None, node=None, graph=None) -> bool:
-    """Whether `profile`'s parser reads this opset and (given `op`) imports `op` (given `node`) without objection."""
+def _takes(profile: TrtProfile, opset: int | None, op: str | None = None, node=None, graph=None, rule=None) -> bool:
+    """Whether `profile`'s parser reads this opset, (given `rule`) lacks that rule, and (given `op`) imports `op`
+    (given `node`) without objection."""
     if opset is not None and opset > profile.max_opset:
+        return False
+    if rule is not None and rule in profile.rules():
         return False
     if op is not None and op not in profile.operators():
         return False
     return node is None or not _violations(node, graph, profile)
 
 
-def _first(opset: int | None, op: str | None = None, node=None, graph=None) -> str | None:
-    return next((p.version for p in PROFILES.values() if _takes(p, opset, op, node, graph)), None)
+def _first(opset: int | None, op: str | None = None, node=None, graph=None, rule=None) -> str | None:
+    return next((p.version for p in PROFILES.values() if _takes(p, opset, op, node, graph, rule)), None)
 
 
 def _model_opset(model) -> int | None:
@@ -302,8 +305,7 @@ def check_model(model, version: str | None = DEFAULT_TRT) -> list[Problem]:
     if "uint8_io_unsupported" in profile.rules():
         for name, dtype in graph.io_types.items():
             if dtype == _UINT8:
-                takes = [p for p in PROFILES.values() if "uint8_io_unsupported" not in p.rules() and _takes(p, opset)]
-                first = takes[0].version if takes else None
+                first = _first(opset, rule="uint8_io_unsupported")
                 why = f"network input/output {name!r} is UINT8, which this parser has no TensorRT type for"
                 problems.append(Problem("UINT8", name, why, first, profile.rules()["uint8_io_unsupported"]))
     for i, node in enumerate(model.graph.node):

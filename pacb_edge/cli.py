@@ -15,7 +15,14 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from pacb_edge import cli_output as view
-from pacb_edge.cli_options import bench_device_options, reproduce_config, run_options, split_csv, ssh_options
+from pacb_edge.cli_options import (
+    MIN_INPUT_SIZE,
+    bench_device_options,
+    reproduce_config,
+    run_options,
+    split_csv,
+    ssh_options,
+)
 from pacb_edge.cli_output import print_table
 from pacb_edge.consoles import stderr_console, stdout_console
 from pacb_edge.errors import PacbEdgeError
@@ -104,8 +111,8 @@ def models_cmd(
     from pacb_edge.models import list_attentions
     from pacb_edge.zoo import model_table
 
-    if input_size < 8:
-        raise PacbEdgeError(f"--input-size must be at least 8, got {input_size}")
+    if input_size < MIN_INPUT_SIZE:
+        raise PacbEdgeError(f"--input-size must be at least {MIN_INPUT_SIZE}, got {input_size}")
     rows = model_table(
         input_size=input_size,
         num_classes=num_classes,

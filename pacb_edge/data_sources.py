@@ -156,9 +156,13 @@ class FileImages:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _samples(self) -> list[tuple[str, int]]:
+        """(file, label) of each image, as the torchvision dataset lists them ([] if it does not)."""
+        return getattr(self.dataset, "samples", None) or getattr(self.dataset, "_samples", None) or []
+
     def fingerprint(self, indices: np.ndarray) -> str:
         """Class folder, file name, size and label of each image (not its pixels: reading them all is slow)."""
-        samples = getattr(self.dataset, "samples", None) or getattr(self.dataset, "_samples", None) or []
+        samples = self._samples()
         h = hashlib.sha256()
         for i in np.asarray(indices, dtype=np.int64):
             path = Path(samples[int(i)][0]) if samples else Path(str(i))
@@ -171,9 +175,8 @@ class FileImages:
         try:
             return self.dataset[i][0]
         except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-            samples = getattr(self.dataset, "samples", None) or getattr(self.dataset, "_samples", None) or []
-            where = samples[i][0] if i < len(samples) else f"image #{i}"
-            raise PacbEdgeError(f"cannot read image {where}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            samples = self._samples()
+            raise _unreadable(samples[i][0] if i < len(samples) else f"image #{i}", e) from None
 
     def resized(self, indices: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
         # Images differ in size, so each is resized on its own before stacking.
@@ -476,6 +479,11 @@ def load_gtsrb_splits(req: DataRequest) -> Splits:
     return _official_splits(stores[0], stores[1], list(GTSRB_CLASS_NAMES[:k]), req)
 
 
+def _unreadable(file: str, error: Exception) -> PacbEdgeError:
+    """The one line for an image file that cannot be read."""
+    return PacbEdgeError(f"cannot read image {file}: {type(error).__name__}: {str(error).splitlines()[0]}")
+
+
 def _check_readable(samples: list[tuple[str, int]]) -> None:
     """Open every image's header (PIL reads no pixels for it), so an unreadable file is refused before a run starts
     and writes anything, in one line that names it."""
@@ -486,7 +494,7 @@ def _check_readable(samples: list[tuple[str, int]]) -> None:
             with Image.open(file) as im:
                 im.size  # noqa: B018 - the header, parsed
         except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-            raise PacbEdgeError(f"cannot read image {file}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            raise _unreadable(file, e) from None
 
 
 def _image_folder(path: Path, class_to_idx: dict[str, int] | None = None) -> tuple[Any, list[str]]:
