@@ -35,6 +35,7 @@ from pacb_edge.models.spec import ModelSpec
 STATE_NAME = "train_state.pt"
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "step")
+MAX_WARMUP_SHARE = 0.2  # the longest warm-up, as a share of the run's steps
 
 
 @dataclass
@@ -48,6 +49,9 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # Weight decay of depthwise convs and attention-module weights (None: `weight_decay`). These layers hold few
+    # weights each; decaying them as hard as a dense conv shrinks the per-channel filters and the attention gates.
+    thin_weight_decay: float | None = None
     scheduler: str = "cosine"
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
@@ -71,6 +75,8 @@ class TrainConfig:
             raise PacbEdgeError("epochs must be >= 0, batch size >= 1 and lr > 0")
         if self.sparsity < 0:
             raise PacbEdgeError(f"--sparsity must be >= 0, got {self.sparsity}")
+        if self.weight_decay < 0 or (self.thin_weight_decay is not None and self.thin_weight_decay < 0):
+            raise PacbEdgeError("weight decay must be >= 0")
 
 
 @dataclass
@@ -140,21 +146,42 @@ def bn_gamma_l1(model: nn.Module) -> float:
     return float(torch.cat(gammas).mean()) if gammas else 0.0
 
 
+def thin_parameters(model: nn.Module) -> set[int]:
+    """ids of the weights of depthwise convs (groups == in_channels > 1) and of attention modules."""
+    ids: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, ChannelAttentionBase):
+            ids.update(id(p) for p in m.parameters())
+        elif isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+            ids.add(id(m.weight))
+    return ids
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    """SGD or AdamW with three weight-decay groups: dense weights (`weight_decay`), depthwise and attention weights
+    (`thin_weight_decay`), and BN scales/shifts and biases (none)."""
+    thin_decay = cfg.weight_decay if cfg.thin_weight_decay is None else cfg.thin_weight_decay
+    thin = thin_parameters(model) if thin_decay != cfg.weight_decay else set()
+    decay, thin_group, no_decay = [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 else thin_group if id(p) in thin else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if thin_group:
+        groups.append({"params": thin_group, "weight_decay": thin_decay})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Per-step LR: linear warm-up, then cosine to zero or step decay at `milestones` (fractions of training)."""
+    """Per-step LR: linear warm-up, then cosine to zero or step decay at `milestones` (fractions of training).
+
+    The warm-up never takes more than `MAX_WARMUP_SHARE` of the run: a 1-epoch warm-up in a 3-epoch run would spend a
+    third of the steps below the peak LR and leave the cosine two epochs to do all the learning.
+    """
     total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1) if cfg.epochs > 1 else 0
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, int(MAX_WARMUP_SHARE * total))
     milestones = [int(m * total) for m in cfg.milestones]
 
     def factor(step: int) -> float:
