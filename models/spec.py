@@ -41,6 +41,8 @@ class ModelSpec:
     reparameterized: bool = False
     # The channel multiple kept widths were rounded up to when pruned: {"round_to", "multiple", "target", ...}.
     alignment: dict[str, Any] = field(default_factory=dict)
+    # The training recipe's name and the values it set (`pacb_edge.recipes`): {"name": "small-image", ...}.
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `create_model` that rebuild the unpruned network."""

@@ -142,20 +142,35 @@ def train(
     ] = ("digits"),
     data_dir: Annotated[str | None, typer.Option(help="Where the dataset files are (or go with --download).")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset.")] = False,
-    input_size: Annotated[int, typer.Option(help="Model input size in pixels (the papers use 32).")] = 32,
-    input_stem: Annotated[str | None, typer.Option(help="imagenet (original stride) or cifar (stride-1 stem).")] = None,
+    input_size: Annotated[
+        int, typer.Option(help="Model input size in pixels (the papers use 32); picks the recipe of the defaults.")
+    ] = 32,
+    input_stem: Annotated[
+        str | None,
+        typer.Option(help="imagenet (original stride) or cifar (stride-1 stem) [default: the recipe's]."),
+    ] = None,
     width_mult: Annotated[float, typer.Option(help="Channel width multiplier.")] = 1.0,
     grayscale_to_rgb: Annotated[bool, typer.Option(help="Repeat grayscale images to 3 channels.")] = False,
     epochs: Annotated[int, typer.Option(help="Training epochs (with sparsity when --sparsity > 0).")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Global batch size (split across DDP processes).")] = 64,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Global batch size (split across DDP processes) [default: the recipe's].")
+    ] = None,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate [default: the recipe's].")] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     nesterov: Annotated[bool, typer.Option(help="Nesterov momentum.")] = True,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on BN/bias).")] = 5e-4,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Weight decay (not on BN/bias) [default: the recipe's].")
+    ] = None,
+    thin_weight_decay: Annotated[
+        float | None,
+        typer.Option(help="Weight decay of depthwise convs and attention modules [default: the recipe's]."),
+    ] = None,
     scheduler: Annotated[str, typer.Option(help="cosine or step (x0.1 at 50 % and 75 %).")] = "cosine",
-    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 1,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.0,
+    warmup_epochs: Annotated[
+        int | None, typer.Option(help="Linear warm-up epochs, at most a fifth of the run [default: the recipe's].")
+    ] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing [default: the recipe's].")] = None,
     sparsity: Annotated[float, typer.Option(help="Network Slimming lambda: L1 on BN gamma (e.g. 1e-4).")] = 0.0,
     amp: Annotated[bool, typer.Option(help="Mixed precision (CUDA only).")] = True,
     channels_last: Annotated[bool, typer.Option(help="channels_last memory format (CUDA only).")] = True,

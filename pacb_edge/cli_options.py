@@ -73,16 +73,20 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
     """`pacb-edge train`'s options as the pipeline's `RunOptions` (training, fine-tuning and pruning configs)."""
     from pacb_edge.pipeline import RunOptions
     from pacb_edge.prune import PruneConfig
+    from pacb_edge.recipes import recipe_for
     from pacb_edge.train import TrainConfig
 
+    recipe = recipe_for(p["input_size"])
+    r = {k: (p[k] if p.get(k) is not None else v) for k, v in recipe.as_dict(p["model"]).items() if k != "name"}
     common = {
-        "batch_size": p["batch_size"],
+        "batch_size": r["batch_size"],
         "optimizer": p["optimizer"],
         "momentum": p["momentum"],
         "nesterov": p["nesterov"],
-        "weight_decay": p["weight_decay"],
+        "weight_decay": r["weight_decay"],
+        "thin_weight_decay": r["thin_weight_decay"],
         "scheduler": p["scheduler"],
-        "label_smoothing": p["label_smoothing"],
+        "label_smoothing": r["label_smoothing"],
         "amp": p["amp"],
         "channels_last": p["channels_last"],
         "sync_bn": p["sync_bn"],
@@ -90,10 +94,10 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
         "num_workers": p["workers"],
     }
     train = TrainConfig(
-        epochs=p["epochs"], lr=p["lr"], sparsity=p["sparsity"], warmup_epochs=p["warmup_epochs"], **common
+        epochs=p["epochs"], lr=r["lr"], sparsity=p["sparsity"], warmup_epochs=r["warmup_epochs"], **common
     )
     finetune = TrainConfig(
-        epochs=p["finetune_epochs"], lr=p["finetune_lr"] or p["lr"] / 5, warmup_epochs=0, sparsity=0.0, **common
+        epochs=p["finetune_epochs"], lr=p["finetune_lr"] or r["lr"] / 5, warmup_epochs=0, sparsity=0.0, **common
     )
     check_run_ranges(p)
     prune = None
@@ -128,10 +132,12 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
         raise PacbEdgeError("--latency-budget and --latency-ratio need a pruning criterion (--prune ...)")
     for cfg in (train, finetune):
         cfg.validate()
-    data = ("model", "attention", "dataset", "data_dir", "download", "input_size", "input_stem", "width_mult")
+    data = ("model", "attention", "dataset", "data_dir", "download", "input_size", "width_mult")
     run = ("grayscale_to_rgb", "limit", "train_limit", "threads", "out", "stage", "checkpoint", "resume", "progress")
     return RunOptions(
         **{k: p[k] for k in data + run},
+        input_stem=r["input_stem"],
+        recipe={"name": recipe.name, **r},
         command=command,
         train=train,
         finetune=finetune,

@@ -51,6 +51,8 @@ class RunOptions:
     latency_target: Any = None
     latency_table: Path | None = None
     attention_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The defaults' recipe (`pacb_edge.recipes`) and the values the run took, recorded in the model spec.
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 def pin_threads(threads: int | None) -> int:
@@ -150,6 +152,7 @@ def _initial_spec(opts: RunOptions, bundle, split_record: dict[str, Any]):
         class_names=list(bundle.class_names),
         dataset=bundle.name,
         split=split_record,
+        recipe=dict(opts.recipe),
     )
 
 
