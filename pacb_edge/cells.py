@@ -28,7 +28,7 @@ from typing import Any
 
 from pacb_edge.fileio import atomic_write_json
 
-CELL_FORMAT = 3  # bump when the meaning of a cell changes, so older cells are recomputed (3: aligned channels)
+CELL_FORMAT = 4  # bump when the meaning of a cell changes, so older cells are recomputed (4: warm-up cap)
 ATTENTION_CRITERIA = ("se-attention", "sca-attention")  # the criteria that average attention over training images
 _PLACE_FIELDS = ("data_dir", "download")  # where the data comes from: the test-split hash guards it, not the key
 # The fields RunOptions takes under the same name: the data and the model.
@@ -76,6 +76,9 @@ class CellConfig:
     batch_size: int = 64
     lr: float = 0.1
     weight_decay: float = 5e-4
+    thin_weight_decay: float | None = None  # depthwise convs and attention modules (None: weight_decay)
+    label_smoothing: float = 0.0
+    augment: bool = True  # random crop (and flip where the dataset allows it) on the training images
     scheduler: str = "cosine"  # or "step": lr / 10 at 50 % and 75 % of the epochs
     nesterov: bool = True
     warmup_epochs: int = 1
@@ -224,7 +227,9 @@ def _compute(cfg: CellConfig, cell_dir: Path, source: Cell | None, run: CellRunn
     from pacb_edge.prune import PruneConfig
     from pacb_edge.train import TrainConfig
 
-    common = {name: getattr(cfg, name) for name in ("batch_size", "weight_decay", "scheduler", "nesterov", "seed")}
+    names = ("batch_size", "weight_decay", "thin_weight_decay", "label_smoothing", "augment", "scheduler", "nesterov")
+    names += ("seed",)
+    common = {name: getattr(cfg, name) for name in names}
     train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, sparsity=cfg.sparsity, **common)
     finetune = TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, warmup_epochs=0, **common)
     prune = None

@@ -171,6 +171,9 @@ def train(
         int | None, typer.Option(help="Linear warm-up epochs, at most a fifth of the run [default: the recipe's].")
     ] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing [default: the recipe's].")] = None,
+    augment: Annotated[
+        bool, typer.Option(help="Random crop (and flip where the dataset allows it) on the training images.")
+    ] = True,
     sparsity: Annotated[float, typer.Option(help="Network Slimming lambda: L1 on BN gamma (e.g. 1e-4).")] = 0.0,
     amp: Annotated[bool, typer.Option(help="Mixed precision (CUDA only).")] = True,
     channels_last: Annotated[bool, typer.Option(help="channels_last memory format (CUDA only).")] = True,

@@ -87,6 +87,7 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
         "thin_weight_decay": r["thin_weight_decay"],
         "scheduler": p["scheduler"],
         "label_smoothing": r["label_smoothing"],
+        "augment": p["augment"],
         "amp": p["amp"],
         "channels_last": p["channels_last"],
         "sync_bn": p["sync_bn"],

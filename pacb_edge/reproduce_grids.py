@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacb_edge.cells import CellConfig, CellRunner
 from pacb_edge.paper_numbers import CPSCA_PAPER, PACB_VARIANTS
+from pacb_edge.recipes import RECIPES, SMALL_IMAGE
 from pacb_edge.runtimes import resolve_round_to
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ class Schedule:
     finetune_lr: float = 0.1
     batch_size: int = 64
     weight_decay: float = 1e-4
+    thin_weight_decay: float | None = None  # depthwise and attention weights (None: weight_decay)
+    label_smoothing: float = 0.0
+    augment: bool = True
+    recipe: str | None = None  # a `pacb_edge.recipes` name whose stem each architecture takes (None: its own stem)
     scheduler: str = "step"
     warmup_epochs: int = 0
     nesterov: bool = False
@@ -75,6 +80,8 @@ class Schedule:
     def cell(self, cfg: ReproduceConfig, arch: str, attention: str | None, seed: int, **kw: Any) -> CellConfig:
         """The training cell of `arch` under this schedule; `kw` sets sparsity, criterion and prune_ratio."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in _CELL_FIELDS}
+        if self.recipe is not None:
+            shared["input_stem"] = RECIPES[self.recipe].stem_for(arch)
         data = {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "download": cfg.download}
         return CellConfig(arch=arch, attention=attention, seed=seed, **data, **shared, **kw)
 
@@ -86,9 +93,11 @@ class Schedule:
             data = f"{self.train_limit:,} training images (seeded, class-balanced subset), the whole test split"
         else:
             data = "all training images, the whole test split"
+        recipe = f"recipe {self.recipe}, " if self.recipe else ""
+        recipe += "" if self.augment else "no augmentation, "
         return (
             f"budget {self.name}: {data}; width x{self.width_mult:g}; {self.epochs} epochs + {self.finetune_epochs} "
-            f"fine-tuning (SGD lr {self.lr:g} {self.scheduler}, batch {self.batch_size}); {seeds} seed(s)"
+            f"fine-tuning ({recipe}SGD lr {self.lr:g} {self.scheduler}, batch {self.batch_size}); {seeds} seed(s)"
         )
 
 
@@ -110,14 +119,23 @@ _CPU = dataclasses.replace(
     seeds=3,
 )
 # `pacb-edge reproduce pacb --dataset fashion-mnist --budget cpu` on a 2-core CPU in <= 90 minutes, the two cores
-# training two grid parts (architecture x seed) side by side, one torch thread each.
-# The first version (4,000 images, batch 64, lr 0.1: 750 SGD steps) under-fitted: its last epoch's training top-1 was
-# 74-79 % and CA_Pruned reached 79.7 % (MobileNetV3) / 77.9 % (RepVGG), 12-15 pp under the paper. This one takes
-# 6,000 images (so 1,059 validation) and batch 32 at lr 0.05 (linear scaling): 2.6x the SGD steps for 1.5x the images
-# seen. Measured on 2026-11-30, alone on the 2 cores: 65.9 min (the 6 parts 61.0 min, the bench of 36 artifacts
-# 4.9 min). A part takes 23-24 min: MobileNetV3 Base / CA / fine-tuning train in 314 / 461 / 124 s, RepVGG in 251 /
-# 443 / 136 s, and the exports of its three models (ONNX, and INT8 with its accuracy-budget loop) 6-11 min.
-PACB_CPU = dataclasses.replace(_CPU, train_limit=6000, batch_size=32, lr=0.05, finetune_lr=0.01)
+# training two grid parts (architecture x seed) side by side, one torch thread each: 6,000 training images (so
+# 1,059 validation) and the small-image recipe of `pacb-edge train` (`pacb_edge.recipes`: the stride-1 stem for
+# MobileNetV3, RepVGG keeping its own; batch 32 at lr 0.1; no weight decay on depthwise and attention weights),
+# without augmentation: at this length the models under-fit, and the random crop cost the 12-epoch proxy 9.8 pp
+# (77.80 -> 87.62 % without it; benchmarks/results/recipe_proxies). The preset before it (lr 0.05, ImageNet stems,
+# random crop) took 65.9 min on 2026-11-30.
+PACB_CPU = dataclasses.replace(
+    _CPU,
+    train_limit=6000,
+    batch_size=SMALL_IMAGE.batch_size,
+    lr=SMALL_IMAGE.lr,
+    finetune_lr=SMALL_IMAGE.lr / 5,
+    thin_weight_decay=SMALL_IMAGE.thin_weight_decay,
+    label_smoothing=SMALL_IMAGE.label_smoothing,
+    augment=False,
+    recipe=SMALL_IMAGE.name,
+)
 # `pacb-edge reproduce cpsca --dataset fashion-mnist --budget cpu` (benchmarks/cpsca_vgg16.sh): the short schedule
 # (4,000 images, batch 64, lr 0.1) with VGG16 at width x0.25. Estimate ~60 min for 3 seeds on one thread, from the
 # same kind of timing run (VGG16-SCA: 6.1 ms per training image per epoch at x0.25, 12.5 ms at x0.5): per seed,
