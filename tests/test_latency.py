@@ -237,9 +237,11 @@ def test_cli_refuses_an_impossible_budget_in_one_line_and_writes_nothing(tmp_pat
     """`train --latency-ratio` under the floor of the named table: exit 1, one line with the floor, no run folder."""
     from pacb_edge.data import load_dataset
     from pacb_edge.pipeline import RunOptions, _initial_spec
+    from pacb_edge.recipes import recipe_for
 
     bundle = load_dataset("digits", input_size=32, grayscale_to_rgb=True, seed=0)
-    opts = RunOptions(model="vgg16", attention=None, width_mult=0.25, grayscale_to_rgb=True)
+    stem = recipe_for(32).stem_for("vgg16")  # what `train` resolves at 32 px
+    opts = RunOptions(model="vgg16", attention=None, width_mult=0.25, grayscale_to_rgb=True, input_stem=stem)
     spec = _initial_spec(opts, bundle, bundle.split_record())
     model = create_model(spec.arch, **spec.model_kwargs()).eval()
     profile, target = lp.ProfileConfig(), lp.LatencyTargetOptions(threads=1)

@@ -276,7 +276,7 @@ def test_transcribed_paper_numbers_are_consistent():
 
 def _demo_schedule() -> Schedule:
     """A schedule with the demo's settings (DemoConfig's defaults; the cpu budget has its scheduler; the demo trains
-    at CellConfig's batch 64)."""
+    at CellConfig's batch 64, with each architecture's own stem, augmentation and one weight decay)."""
     demo = DemoConfig()
     return dataclasses.replace(
         PACB_CPU,
@@ -288,6 +288,9 @@ def _demo_schedule() -> Schedule:
         finetune_lr=demo.lr / 5,
         width_mult=1.0,
         train_limit=None,
+        thin_weight_decay=None,
+        augment=True,
+        recipe=None,
     )
 
 
