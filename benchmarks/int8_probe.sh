@@ -21,6 +21,8 @@ import json, os, platform, sys
 from datetime import date
 from pathlib import Path
 
+from pacb_edge.fileio import atomic_write_json
+
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 report = json.loads((run / "export" / "export_report.json").read_text())
 q = next(a["int8"] for a in report["artifacts"] if a.get("int8"))
@@ -36,9 +38,7 @@ record = {
     "float_ops_kept": q["n_float_ops"],
     "worst_layers": q["worst_layers"],
 }
-tmp = out / ".int8_probe.json.tmp"
-tmp.write_text(json.dumps(record, indent=2) + "\n")
-os.replace(tmp, out / "int8_probe.json")
+atomic_write_json(out / "int8_probe.json", record)
 print(f"INT8 - FP32: {record['int8_minus_fp32_pp']:+.2f} pp ({100 * record['int8_test_top1']:.2f} % vs "
       f"{100 * record['fp32_test_top1']:.2f} %), {record['float_ops_kept']} op(s) in float")
 PY

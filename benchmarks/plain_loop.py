@@ -115,6 +115,8 @@ def pacb_edge_train(arch: str, attention: str, width: float, epochs: int, n_trai
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pacb_edge.fileio import atomic_write_json, atomic_write_text
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mobilenetv3_large")
     parser.add_argument("--attention", default="ca")
@@ -165,10 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['pacb_edge']['train_seconds']:.0f} | {r['plain_loop']['train_seconds']:.0f} |"
         )
     lines += ["", "Commands: " + "; ".join(f"`{r['command']}` ({r['machine']})" for r in rows)]
-    for name, text in (("plain_loop.json", json.dumps({"rows": rows}, indent=2)), ("plain_loop.md", "\n".join(lines))):
-        tmp = args.out / f".{name}.tmp"
-        tmp.write_text(text + ("\n" if name.endswith(".md") else ""))
-        os.replace(tmp, args.out / name)
+    atomic_write_json(args.out / "plain_loop.json", {"rows": rows})
+    atomic_write_text(args.out / "plain_loop.md", "\n".join(lines) + "\n")
     print(f"pacb-edge train {100 * ours['test_top1']:.2f} %, plain loop {100 * plain['test_top1']:.2f} %")
     return 0
 

@@ -204,6 +204,8 @@ def _row_file(name: str, seed: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pacb_edge.fileio import atomic_write_json, atomic_write_text
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recipe_proxies"))
     parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
@@ -223,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         futures = {(n, seed): pool.submit(run_row, n, row_settings(n), seed) for n, seed in todo}
         for (n, seed), fut in futures.items():
             record = fut.result()
-            tmp = rows_dir / f".{_row_file(n, seed)}.tmp"
-            tmp.write_text(json.dumps(record, indent=2))
-            os.replace(tmp, rows_dir / _row_file(n, seed))
+            atomic_write_json(rows_dir / _row_file(n, seed), record)
             print(
                 f"{n} seed {seed}: test {100 * record['test_top1']:.2f} % ({record['train_seconds']:.0f} s)", flush=True
             )
@@ -236,13 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     for rs in records.values():
         rs.sort(key=lambda r: r["seed"])
     command = shlex.join(["python", "benchmarks/recipe_proxies.py", *(argv if argv is not None else sys.argv[1:])])
-    for name, text in (
-        ("recipe_proxies.json", json.dumps({"command": command, "rows": records}, indent=2)),
-        ("recipe_proxies.md", _markdown(records, command)),
-    ):
-        tmp = args.out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, args.out / name)
+    atomic_write_json(args.out / "recipe_proxies.json", {"command": command, "rows": records})
+    atomic_write_text(args.out / "recipe_proxies.md", _markdown(records, command))
     print((args.out / "recipe_proxies.md").read_text())
     return 0
 
