@@ -44,6 +44,17 @@ _DATA_FIELDS = (
     "limit",
     "train_limit",
 )
+# The fields the training and the fine-tuning `TrainConfig` both take under the same name.
+_TRAIN_FIELDS = (
+    "batch_size",
+    "weight_decay",
+    "thin_weight_decay",
+    "label_smoothing",
+    "augment",
+    "scheduler",
+    "nesterov",
+    "seed",
+)
 _PRUNE_FIELDS = (
     "criterion",
     "prune_ratio",
@@ -227,9 +238,7 @@ def _compute(cfg: CellConfig, cell_dir: Path, source: Cell | None, run: CellRunn
     from pacb_edge.prune import PruneConfig
     from pacb_edge.train import TrainConfig
 
-    names = ("batch_size", "weight_decay", "thin_weight_decay", "label_smoothing", "augment", "scheduler", "nesterov")
-    names += ("seed",)
-    common = {name: getattr(cfg, name) for name in names}
+    common = {name: getattr(cfg, name) for name in _TRAIN_FIELDS}
     train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, sparsity=cfg.sparsity, **common)
     finetune = TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, warmup_epochs=0, **common)
     prune = None

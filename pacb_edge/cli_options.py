@@ -77,7 +77,7 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
     from pacb_edge.train import TrainConfig
 
     recipe = recipe_for(p["input_size"])
-    r = {k: (p[k] if p.get(k) is not None else v) for k, v in recipe.as_dict(p["model"]).items() if k != "name"}
+    r = {k: (p[k] if p.get(k) is not None else v) for k, v in recipe.as_dict(p["model"]).items()}
     common = {
         "batch_size": r["batch_size"],
         "optimizer": p["optimizer"],

@@ -128,11 +128,8 @@ _CPU = dataclasses.replace(
 PACB_CPU = dataclasses.replace(
     _CPU,
     train_limit=6000,
-    batch_size=SMALL_IMAGE.batch_size,
-    lr=SMALL_IMAGE.lr,
+    **SMALL_IMAGE.training_values(),
     finetune_lr=SMALL_IMAGE.lr / 5,
-    thin_weight_decay=SMALL_IMAGE.thin_weight_decay,
-    label_smoothing=SMALL_IMAGE.label_smoothing,
     augment=False,
     recipe=SMALL_IMAGE.name,
 )
