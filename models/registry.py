@@ -25,6 +25,12 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def builder_default(name: str, option: str) -> object:
+    """The default a registered builder gives `option`, or None where it takes no such option."""
+    param = inspect.signature(_MODELS[name]).parameters.get(option)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def create_model(
     name: str,
     num_classes: int = 10,

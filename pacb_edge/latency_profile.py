@@ -9,7 +9,8 @@ interleaved measurement, Jetson and Android candidates go through the bench runn
 Pruning to a budget (`prune_to_latency`) chooses the group widths with the table (HALP's knapsack), exports the
 pruned model and measures it on the target beside the unpruned one; when it misses the budget, the target is
 tightened and the choice repeated (NetAdapt), a bounded number of rounds. A budget counts as met only when the
-measurement says so.
+measurement says so: the mean ratio of two independent measurements, the second one taken only when the first is
+within the budget.
 
 This module sits at the top of the data flow: it drives pruning, export and the runners.
 """
@@ -39,6 +40,7 @@ from pacb_edge.latency import (
     relative_error,
     structure_hash,
 )
+from pacb_edge.models import builder_default
 from pacb_edge.runtimes import HOST_TARGETS, check_target
 
 
@@ -51,6 +53,10 @@ CALIBRATION_FRACTIONS = (0.75, 0.5, 0.25)
 AIM = 0.97  # a round aims at this share of the budget, leaving room for measurement noise
 LOW = 0.9  # a measured latency under this share of the budget leaves latency unused: the next round loosens
 COPIES = 3  # sessions per model when a pruned model is judged against its budget
+# A round that meets its budget is measured once more in fresh sessions, and judged on the mean of both ratios: on a
+# 2-core VM, four interleaved measurements of one pruned/unpruned pair gave ratios from 0.687 to 0.768, so a single
+# measurement just under the budget is often luck.
+CONFIRMATIONS = 1
 
 
 @dataclass
@@ -340,6 +346,11 @@ def table_key(model, spec, analysis, opts: LatencyTargetOptions) -> TableKey:
     arch = f"{spec.arch} {spec.attention or 'none'} x{spec.width_mult:g}"
     groups = [(g.root, g.channels) for g in analysis.groups]
     kwargs = {**spec.model_kwargs(), "removed": sorted(spec.removed), "layers": spec.layers}
+    # The stem the model was built with: a spec that leaves it to the architecture is the same model as one that
+    # names the architecture's default.
+    stem = kwargs.get("input_stem") or builder_default(spec.arch, "input_stem")
+    if stem is not None:
+        kwargs["input_stem"] = stem
     return TableKey(
         runtime=opts.target,
         runtime_version=opts.runtime_version(),
@@ -561,6 +572,15 @@ def _budget_ratio(budget: LatencyBudget, unpruned_ms: float) -> float:
     return budget.ratio if budget.ratio is not None else budget.budget_ms / unpruned_ms
 
 
+def _mean_p50(measurements: list[list[dict[str, float]]], index: int) -> float:
+    return float(np.mean([m[index]["p50"] for m in measurements]))
+
+
+def _mean_ratio(measurements: list[list[dict[str, float]]]) -> float:
+    """The mean over independent measurements of the pruned model's p50 over the unpruned one's."""
+    return float(np.mean([m[1]["p50"] / m[0]["p50"] for m in measurements]))
+
+
 def prune_to_latency(
     model,
     spec,
@@ -605,12 +625,17 @@ def prune_to_latency(
                 model, spec, dataclasses.replace(cfg, group_widths=group_widths), score_images
             )
             path = measurer.artifact(Candidate(f"round {k + 1}", widths, pruned, pruned_spec), f"round{k + 1}")
-            stats = measurer.measure([unpruned, path], COPIES)
-            unpruned_ms, measured = stats[0]["p50"], stats[1]["p50"]
+            measurements = [measurer.measure([unpruned, path], COPIES)]
+            while len(measurements) <= CONFIRMATIONS and _mean_ratio(measurements) <= _budget_ratio(
+                budget, _mean_p50(measurements, 0)
+            ):
+                measurements.append(measurer.measure([unpruned, path], COPIES))
+            unpruned_ms, measured = _mean_p50(measurements, 0), _mean_p50(measurements, 1)
             budget_ratio = _budget_ratio(budget, unpruned_ms)
-            measured_ratio = measured / unpruned_ms
+            measured_ratio = _mean_ratio(measurements)
             predicted_ratio = table.predict(widths) / table.unpruned_ms
             met = measured_ratio <= budget_ratio
+            stats = measurements[-1]
             rounds.append(
                 {
                     "round": k + 1,
@@ -621,6 +646,7 @@ def prune_to_latency(
                     "predicted_ms": predicted_ratio * unpruned_ms,
                     "measured_ms": measured,
                     "measured_std_ms": stats[1]["std"],
+                    "measured_ratios": [m[1]["p50"] / m[0]["p50"] for m in measurements],
                     "predicted_over_measured": predicted_ratio / measured_ratio,
                     "measured_over_budget": measured_ratio / budget_ratio,
                     "latency_ratio": measured_ratio,
