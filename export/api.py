@@ -281,7 +281,7 @@ def _int8_chooser(ctx: ExportContext, calibration_nchw: np.ndarray, record: dict
 
 def int8_hint(spec) -> str:
     """What to change when the budget is missed, where the cause is known: RepVGG with attention (its identity BNs
-    blow up the activation range; see README, INT8 section)."""
+    blow up the activation range; see benchmarks/RESULTS.md, INT8 section)."""
     if spec.arch.startswith("repvgg_") and (spec.attention or "none").lower() != "none":
         qarep = spec.arch.replace("repvgg_", "qarepvgg_", 1)
         return f" (RepVGG with attention: train the QARep block, --model {qarep}, for INT8)"

@@ -1,6 +1,7 @@
-"""The two papers' published numbers, transcribed from /work/shared/papers/*.txt: data only.
+"""The two papers' published numbers, transcribed from their text copies: data only.
 
-PACB (Chung 2025) Tables 2-4 and CPSCA (Liu, Fang et al.) Tables 4-5, with notes on what the text copy lost.
+PACB (Chung, Future Internet 2025) Tables 2-4 and CPSCA (Liu, Fang et al.) Tables 4-5, with notes on what the text
+copy lost.
 None marks a value lost in the text copy; a note says so.
 """
 

@@ -19,8 +19,8 @@ def repvgg_run(tmp_path_factory):
     return _train_tiny_run(tmp_path_factory.mktemp("repvgg_run"), model="repvgg_a0", attention="ca")
 
 
-# RepVGG-CA can collapse in INT8 even with float layers (README, INT8 section), so its accuracy is not asserted
-# here; what is asserted is that the budget loop ran on validation and kept what it says it kept.
+# RepVGG-CA can collapse in INT8 even with float layers (benchmarks/RESULTS.md, INT8 section), so its accuracy is not
+# asserted here; what is asserted is that the budget loop ran on validation and kept what it says it kept.
 @pytest.mark.parametrize(("run_name", "min_int8_top1"), [("tiny_run", 0.5), ("repvgg_run", None)])
 def test_pruned_ca_checkpoint_to_int8_tflite(run_name, min_int8_top1, request, tmp_path):
     run = request.getfixturevalue(run_name)
