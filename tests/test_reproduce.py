@@ -74,6 +74,7 @@ def _assert_filled(table):
                 assert cell not in MISSING, f"{table['key']}: {col} is empty in {row}"
 
 
+@pytest.mark.slow
 def test_pacb_quick_fills_tables_2_to_4(pacb):
     out, result = pacb
     tables = {t["key"]: t for t in result["tables"]}
@@ -107,6 +108,7 @@ def test_pacb_quick_fills_tables_2_to_4(pacb):
     assert "## PACB Table 2" in md and "| digits | MobileNetV3 (Base) |" in md and "95.20 ± 0.12" in md
 
 
+@pytest.mark.slow
 def test_cpsca_quick_cli_fills_tables_4_and_5(cpsca):
     out, result, output = cpsca
     tables = {t["key"]: t for t in result["tables"]}
@@ -135,6 +137,7 @@ def test_cpsca_quick_cli_fills_tables_4_and_5(cpsca):
     assert (out / "reproduce.md").read_text().count("## CPSCA Table") == 2
 
 
+@pytest.mark.slow
 def test_rerun_recomputes_nothing(pacb, cpsca, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished cell was recomputed")
@@ -154,6 +157,7 @@ def test_rerun_recomputes_nothing(pacb, cpsca, monkeypatch):
         assert {p: p.stat().st_mtime_ns for p in out.glob("seed0/*/metrics.json")} == mtimes
 
 
+@pytest.mark.slow
 def test_cli_prints_the_papers_layout(pacb, monkeypatch):
     out, _ = pacb
     monkeypatch.setattr(cli.console, "width", 240)
@@ -164,6 +168,7 @@ def test_cli_prints_the_papers_layout(pacb, monkeypatch):
     assert "0 cell(s) computed, 4 reused" in r.output
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_std(pacb, tmp_path):
     out = tmp_path / "seeds"
     shutil.copytree(pacb[0], out)  # seed 0 is reused, seed 1 is trained
@@ -180,6 +185,7 @@ def test_seeds_give_mean_and_std(pacb, tmp_path):
     assert json.loads((out / "seed1" / "mobilenetv3_large_ca" / "metrics.json").read_text())["seed"] == 1
 
 
+@pytest.mark.slow
 def test_device_columns_come_from_the_device_runner(pacb, tmp_path, monkeypatch):
     from pacb_edge.device_bench.record import BenchResult, latency_stats
 
