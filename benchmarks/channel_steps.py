@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pacb_edge.runtimes import host_isa
+    from pacb_edge.core.runtimes import host_isa
 
     started = time.strftime("%Y-%m-%d %H:%M")
     results = {}

@@ -20,7 +20,7 @@ BUDGET=${BUDGET:-0.5}
 JOBS=${JOBS:-1}
 
 if [[ ! -f "$QAREP/pruned/model.safetensors" ]]; then
-  # The reproduce cpu budget's schedule (pacb_edge/reproduce_grids.py, PACB_CPU) for the QARep block.
+  # The reproduce cpu budget's schedule (pacb_edge/studies/grids.py, PACB_CPU) for the QARep block.
   "$PCB" train --model qarepvgg_a0 --attention ca --dataset fashion-mnist --grayscale-to-rgb --train-limit 6000 \
     --width-mult 0.5 --epochs 12 --lr 0.05 --scheduler cosine --warmup-epochs 1 --nesterov --weight-decay 5e-4 \
     --batch-size 32 --sparsity 1e-4 --prune bn-scale --prune-ratio 0.3 --finetune-epochs 4 --finetune-lr 0.01 \

@@ -21,7 +21,7 @@ import json, os, platform, sys
 from datetime import date
 from pathlib import Path
 
-from pacb_edge.fileio import atomic_write_json
+from pacb_edge.core.fileio import atomic_write_json
 
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 report = json.loads((run / "export" / "export_report.json").read_text())

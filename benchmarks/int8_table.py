@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from pacb_edge.fileio import atomic_write_json, atomic_write_text
+from pacb_edge.core.fileio import atomic_write_json, atomic_write_text
 
 TARGETS = {"drop_pp": -0.5, "size_ratio": 0.3, "latency_ratio": 0.7}
 

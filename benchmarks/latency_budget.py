@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PCB = str(Path(sys.executable).parent / "pacb-edge")
 THREADS = "1"
-SCHEDULE = [  # the reproduce cpu budget's PACB schedule (pacb_edge/reproduce_grids.py, PACB_CPU)
+SCHEDULE = [  # the reproduce cpu budget's PACB schedule (pacb_edge/studies/grids.py, PACB_CPU)
     "--dataset", "fashion-mnist", "--grayscale-to-rgb", "--train-limit", "6000", "--width-mult", "0.5",
     "--epochs", "12", "--lr", "0.05", "--scheduler", "cosine", "--warmup-epochs", "1", "--nesterov",
     "--weight-decay", "5e-4", "--batch-size", "32", "--seed", "0",
@@ -302,7 +302,7 @@ def main() -> None:
         "threads": int(THREADS),
         "commands": LOG,
     }
-    from pacb_edge.fileio import atomic_write_json, atomic_write_text
+    from pacb_edge.core.fileio import atomic_write_json, atomic_write_text
 
     for folder in (args.out, ROOT / "benchmarks" / "results" / "latency_budget"):
         atomic_write_json(Path(folder) / "latency_budget.json", {"meta": meta, "rows": rows})

@@ -115,7 +115,7 @@ def pacb_edge_train(arch: str, attention: str, width: float, epochs: int, n_trai
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pacb_edge.fileio import atomic_write_json, atomic_write_text
+    from pacb_edge.core.fileio import atomic_write_json, atomic_write_text
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mobilenetv3_large")

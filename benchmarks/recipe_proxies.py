@@ -5,8 +5,9 @@ The proxy: MobileNetV3-Large with CA at width x0.5, 6,000 Fashion-MNIST training
 the row it names as its base, so the table reads as a path from the old default to the new one. Two more groups: the
 RepVGG-A0 stem, and the short run that used not to learn (MobileNetV3-Small CA x0.5, 2,000 images, 1 epoch).
 
-Every row trains through `pacb_edge.train.fit`, the trainer of `pacb-edge train`, with one torch thread; `--jobs`
-rows run side by side. A finished row is kept in OUT/rows/ and read back on the next run (delete it to redo it).
+Every row trains through `pacb_edge.training.trainer.fit`, the trainer of `pacb-edge train`, with one torch thread;
+`--jobs` rows run side by side. A finished row is kept in OUT/rows/ and read back on the next run (delete it to
+redo it).
 
     python benchmarks/recipe_proxies.py --out benchmarks/results/recipe_proxies [--rows a,b] [--seeds 0,1] [--jobs 2]
 
@@ -121,10 +122,10 @@ def run_row(name: str, settings: dict[str, Any], seed: int = 0) -> dict[str, Any
     import torch
 
     torch.set_num_threads(1)
-    import pacb_edge.train as train_mod
-    from pacb_edge.data import load_dataset, train_augmentation
+    import pacb_edge.training.trainer as train_mod
+    from pacb_edge.data.datasets import load_dataset, train_augmentation
     from pacb_edge.models import ModelSpec, count_flops, create_model
-    from pacb_edge.train import TrainConfig, evaluate, fit
+    from pacb_edge.training.trainer import TrainConfig, evaluate, fit
 
     train_mod.MAX_WARMUP_SHARE = settings["max_warmup_share"]
     bundle = load_dataset("fashion-mnist", train_limit=settings["train_limit"], seed=0)
@@ -204,7 +205,7 @@ def _row_file(name: str, seed: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pacb_edge.fileio import atomic_write_json, atomic_write_text
+    from pacb_edge.core.fileio import atomic_write_json, atomic_write_text
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recipe_proxies"))

@@ -34,9 +34,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.consoles import step
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_text
+from pacb_edge.core.consoles import step
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_text
 
 from .adb import AdbDevice, shell_join
 from .benchmark_model_parser import latency_from_parsed, parse_benchmark_output

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_json, atomic_write_text, ensure_dir
 from pacb_edge.device_bench.record import (
     ACCURACY_DEVICE,
     ACCURACY_HOST,
@@ -26,8 +28,6 @@ from pacb_edge.device_bench.record import (
     BenchResult,
     latency_stats,
 )
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_json, atomic_write_text, ensure_dir
 
 DEVICES = ("cpu", "jetson", "android")
 
@@ -60,7 +60,7 @@ def artifact_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         manifest = read_bundle_manifest(p)
         return manifest.get("spec", {}), manifest
     if p.is_dir() or p.suffix == ".safetensors":
-        from pacb_edge.checkpoint import read_spec
+        from pacb_edge.training.checkpoint import read_spec
 
         spec = read_spec(p).to_dict()
         return spec, {"format": "torch", "spec": spec}
@@ -82,7 +82,7 @@ def _test_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The test images of the split the artifact was trained with: uint8 raw pixels for artifacts that normalize
     their input themselves, normalized float32 for older exports; and the labels."""
-    from pacb_edge.data import rebuild_dataset
+    from pacb_edge.data.datasets import rebuild_dataset
 
     name = spec.get("dataset")
     if not name:
@@ -103,8 +103,8 @@ def _counts(spec: dict[str, Any], manifest: dict[str, Any]) -> dict[str, int | N
     if "params" in facts:
         return {k: facts.get(k) for k in ("params", "macs", "flops")}
     try:
-        from pacb_edge.checkpoint import build_model
         from pacb_edge.models import ModelSpec, count_flops, count_params
+        from pacb_edge.training.checkpoint import build_model
 
         s = ModelSpec.from_dict(spec)
         model = build_model(s)
@@ -400,7 +400,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def plot_pareto(results: list[BenchResult], path: str | Path) -> Path:
     """Accuracy vs per-image latency, with the Pareto front."""
-    from pacb_edge.plots import pyplot, save_figure
+    from pacb_edge.core.plots import pyplot, save_figure
 
     plt = pyplot()
     pts = [r for r in results if r.status != STATUS_FAILED and r.per_image_ms and r.top1 is not None]

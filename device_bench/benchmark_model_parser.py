@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 # Prefixes a line may carry, stripped before parsing.
 #   logcat threadtime: "11-20 14:02:11.104  8123  8123 I tflite  : msg"

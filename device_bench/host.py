@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 
 class HostRunner:
@@ -54,8 +54,8 @@ class TorchRunner(HostRunner):
     def load(self) -> TorchRunner:
         import torch
 
-        from pacb_edge.checkpoint import load_checkpoint
         from pacb_edge.export.onnx import deployable, pixel_input
+        from pacb_edge.training.checkpoint import load_checkpoint
 
         model, self.spec = load_checkpoint(self.path)
         self.model = pixel_input(deployable(model), self.spec)  # raw pixels in, like every exported artifact

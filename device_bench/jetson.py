@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.export.tensorrt import (
     BUNDLE_MANIFEST,
     HARNESS_DIR,  # noqa: F401 - part of this module's interface (the folder the harness runs from)

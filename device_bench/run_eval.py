@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 from .adb import AdbDevice, last_line, shell_join
 from .benchmark_model_parser import parse_run_eval_output

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_bytes, atomic_write_json, ensure_dir
 from pacb_edge.export.trt_check import DEFAULT_TRT
-from pacb_edge.fileio import atomic_write_bytes, atomic_write_json, ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ def parse_precisions(fmt: ExportFormat, precision: str | None, lenient: bool = F
 
 
 def default_out_dir(checkpoint: Path) -> Path:
-    from pacb_edge.checkpoint import resolve_checkpoint
+    from pacb_edge.training.checkpoint import resolve_checkpoint
 
     return resolve_checkpoint(checkpoint).parent / "export"
 
@@ -488,10 +488,10 @@ def export_checkpoint(
     `int8_float_ops` (e.g. HARD_SWISH) in float in every candidate. `ssh` (host, port, ssh_config,
     identity_file, remote_dir, python) sends a TensorRT bundle to a Jetson to build and verify its engines there.
     """
-    from pacb_edge.checkpoint import load_checkpoint, resolve_checkpoint
-    from pacb_edge.data import rebuild_dataset
+    from pacb_edge.data.datasets import rebuild_dataset
     from pacb_edge.export.onnx import deployable, pixel_input, torch_logits
     from pacb_edge.export.trt_check import get_profile
+    from pacb_edge.training.checkpoint import load_checkpoint, resolve_checkpoint
 
     formats = [get_format(t) for t in targets]
     precisions = {f.name: parse_precisions(f, precision, lenient=len(formats) > 1) for f in formats}
@@ -530,7 +530,7 @@ def export_checkpoint(
         return data.calibration_images(calibration_images, seed=0, raw=True).astype(np.float32)
 
     def validation() -> tuple[np.ndarray, np.ndarray]:
-        from pacb_edge.data import balanced_choice
+        from pacb_edge.data.datasets import balanced_choice
 
         positions = balanced_choice(data.val.labels, BUDGET_VAL_IMAGES, seed=0) if len(data.val) else []
         return data.val.arrays_at(np.asarray(positions, dtype=np.int64), raw=True)

@@ -9,8 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_json
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_json
 
 MANIFEST_SUFFIX = ".manifest.json"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_path
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_path
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

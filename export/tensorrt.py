@@ -25,10 +25,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pacb_edge.consoles import step
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_path, atomic_write_json, ensure_dir
-from pacb_edge.remote import SSHTarget, remote_path
+from pacb_edge.core.consoles import step
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_path, atomic_write_json, ensure_dir
+from pacb_edge.core.remote import SSHTarget, remote_path
 
 BUNDLE_ONNX = "model.onnx"
 BUNDLE_CALIBRATION = "calibration.npy"

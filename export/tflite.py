@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_bytes, ensure_dir
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_bytes, ensure_dir
 
 if TYPE_CHECKING:
     from pacb_edge.export.tflite_quant import Int8Calibration

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_bytes, atomic_write_json
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_bytes, atomic_write_json
 
 # Activation gates: float islands of one cheap element-wise op each.
 GATE_OPS = frozenset({"LOGISTIC", "HARD_SWISH"})
@@ -379,7 +379,7 @@ def write_quant_report(
     worst: int = 15,
 ) -> tuple[Path, Path]:
     """Write the per-layer report as JSON at `path` and a bar chart of the `worst` layers beside it (`.png`)."""
-    from pacb_edge.plots import plot_layer_errors
+    from pacb_edge.core.plots import plot_layer_errors
 
     path = Path(path)
     doc: dict[str, Any] = {

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 # JetPack 4.6 (L4T R32.6.1) ships TensorRT 8.0.1 and 4.6.1+ ship 8.2.1: 8.0's parser is the one every 4.6.x Nano has.
 DEFAULT_TRT = "8.0"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.models.layers import make_divisible
 
 GATES = {"sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid}
@@ -132,7 +132,7 @@ class ChannelAttentionBase(nn.Module):
         """The layer whose output is a one-channel spatial gate (N, 1, H, W) multiplied into every channel, or None.
 
         Such a gate does not depend on which channels are kept (it pools over all of them), so structural pruning
-        treats it as independent of the channels (`pacb_edge.prune`)."""
+        treats it as independent of the channels (`pacb_edge.pruning.pruner`)."""
         return None
 
     @torch.no_grad()

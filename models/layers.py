@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 INPUT_STEMS = ("imagenet", "cifar")
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 

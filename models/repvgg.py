@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.models.attention import ChannelAttentionBase, create_attention
 from pacb_edge.models.layers import check_input_stem, conv_bn, make_divisible
 from pacb_edge.models.registry import register_model

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ModelSpec:
     reparameterized: bool = False
     # The channel multiple kept widths were rounded up to when pruned: {"round_to", "multiple", "target", ...}.
     alignment: dict[str, Any] = field(default_factory=dict)
-    # The training recipe's name and the values it set (`pacb_edge.recipes`): {"name": "small-image", ...}.
+    # The training recipe's name and the values it set (`pacb_edge.training.recipes`): {"name": "small-image", ...}.
     recipe: dict[str, Any] = field(default_factory=dict)
 
     def model_kwargs(self) -> dict[str, Any]:

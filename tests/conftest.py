@@ -33,9 +33,9 @@ def fit_adam(model, batch, steps: int, lr: float = 1e-2):
 
 
 def _train_tiny_run(out, model="mobilenetv3_small", attention="ca", prune="bn-scale"):
-    from pacb_edge.pipeline import RunOptions, run_pipeline
-    from pacb_edge.prune import PruneConfig
-    from pacb_edge.train import TrainConfig
+    from pacb_edge.pruning.pruner import PruneConfig
+    from pacb_edge.studies.pipeline import RunOptions, run_pipeline
+    from pacb_edge.training.trainer import TrainConfig
 
     opts = RunOptions(
         model=model,

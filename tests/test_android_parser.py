@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.device_bench.benchmark_model_parser import (
     latency_from_parsed,
     parse_benchmark_output,
     parse_run_eval_output,
 )
-from pacb_edge.errors import PacbEdgeError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

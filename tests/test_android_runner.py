@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.device_bench import android, run_eval
 from pacb_edge.device_bench.android import (
     DELEGATE_FLAGS,
@@ -25,7 +26,6 @@ from pacb_edge.device_bench.android import (
     shell_join,
     write_eval_set,
 )
-from pacb_edge.errors import PacbEdgeError
 
 FAKE_ADB_DIR = Path(__file__).resolve().parent / "fake_adb"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

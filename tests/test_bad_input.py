@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pacb_edge.cli import app
+from pacb_edge.cli.main import app
 
 runner = CliRunner()
 QUICK = ["--width-mult", "0.25", "--epochs", "1", "--limit", "32", "--threads", "1", "--no-progress"]

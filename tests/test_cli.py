@@ -5,7 +5,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from pacb_edge.cli import app
+from pacb_edge.cli.main import app
 
 runner = CliRunner()
 
@@ -42,7 +42,7 @@ def test_piped_tables_are_markdown_with_whole_names():
 
 
 def test_markdown_table_keeps_every_cell_whole():
-    from pacb_edge.cli_output import markdown_table
+    from pacb_edge.cli.output import markdown_table
 
     name = "mobilenetv3_large_ca_pruned_int8_with_a_very_long_name.tflite"
     text = markdown_table("bench", ["artifact", "p50 ms"], [[name, "1.250"], ["a|b", "-"]], caption="batch 1")
@@ -118,7 +118,7 @@ def test_verbose_turns_on_logging():
 def test_long_steps_say_when_they_start_and_how_long_they_took(capsys):
     import pytest
 
-    from pacb_edge.consoles import stderr_console, step
+    from pacb_edge.core.consoles import stderr_console, step
 
     stderr_console.cache_clear()  # a console bound to this test's captured stderr
     try:
@@ -158,7 +158,7 @@ def test_demo_command_passes_its_options_and_prints_the_table(tmp_path, monkeypa
         row.update(onnx_ms=2.1, tflite_int8_ms=0.76, int8_top1=0.5815, tflite_int8_bytes=3887.8 * 1024)
         return {"rows": [row], "timings_s": {"total": 517.0}}
 
-    monkeypatch.setattr("pacb_edge.experiments.run_demo", fake_run_demo)
+    monkeypatch.setattr("pacb_edge.studies.demo.run_demo", fake_run_demo)
     args = ["demo", "--out", str(tmp_path), "--epochs", "3", "--seed", "7", "--jobs", "1", "--no-progress"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -175,7 +175,18 @@ def test_cli_reference_is_what_the_commands_say(tmp_path):
     import sys
 
     out = tmp_path / "cli.md"
-    cmd = [sys.executable, "-m", "typer", "pacb_edge.cli", "utils", "docs", "--name", "pacb-edge", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "typer",
+        "pacb_edge.cli.main",
+        "utils",
+        "docs",
+        "--name",
+        "pacb-edge",
+        "--output",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
     committed = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
     assert committed == out.read_text(), "docs/cli.md is stale: run `make docs`"

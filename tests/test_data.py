@@ -22,10 +22,10 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-import pacb_edge.data as data
-import pacb_edge.data_sources as data_sources
-from pacb_edge.data import load_dataset
-from pacb_edge.errors import PacbEdgeError
+import pacb_edge.data.datasets as data
+import pacb_edge.data.sources as data_sources
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.data.datasets import load_dataset
 
 # ---- helpers
 

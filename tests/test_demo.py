@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pacb_edge.experiments import DemoConfig, run_demo
+from pacb_edge.core.runtimes import resolve_round_to
 from pacb_edge.export.manifest import manifest_path
-from pacb_edge.runtimes import resolve_round_to
+from pacb_edge.studies.demo import DemoConfig, run_demo
 
 pytestmark = pytest.mark.slow
 

@@ -2,9 +2,9 @@
 
 import hashlib
 
-from pacb_edge.pipeline import RunOptions, run_pipeline
-from pacb_edge.prune import PruneConfig
-from pacb_edge.train import TrainConfig
+from pacb_edge.pruning.pruner import PruneConfig
+from pacb_edge.studies.pipeline import RunOptions, run_pipeline
+from pacb_edge.training.trainer import TrainConfig
 
 
 def _run(out, seed: int):

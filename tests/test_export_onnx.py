@@ -7,8 +7,8 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from pacb_edge.cli import app
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.cli.main import app
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.export.api import FORMATS, export_checkpoint, get_format, parse_precisions
 from pacb_edge.export.manifest import read_manifest
 

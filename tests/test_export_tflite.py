@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import fit_adam
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 pytestmark = pytest.mark.skipif(
     any(find_spec(m) is None for m in ("torch", "onnx", "onnx2tf", "ai_edge_litert")),

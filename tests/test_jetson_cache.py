@@ -17,9 +17,9 @@ import pytest
 from sshd_fixture import HOST_ALIAS, sshd_missing_reason
 from test_jetson_ssh import NUM_TEST, _make_bundle, remote_folder
 
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.device_bench.jetson import JetsonRunner
 from pacb_edge.device_bench.record import STATUS_OK
-from pacb_edge.errors import PacbEdgeError
 from pacb_edge.export.tensorrt import (
     UPLOAD_MARKER,
     BundleSession,

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from sshd_fixture import HOST_ALIAS, free_port, keygen, sshd_missing_reason
 
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.remote import SSHTarget, remote_path
 from pacb_edge.device_bench import jetson as jetson_mod
 from pacb_edge.device_bench.jetson import JetsonRunner
 from pacb_edge.device_bench.record import ACCURACY_DEVICE, STATUS_FAILED, STATUS_OK
-from pacb_edge.errors import PacbEdgeError
 from pacb_edge.export.tensorrt import UPLOAD_MARKER, bundle_digest, harness_files, upload_plan, write_bundle
-from pacb_edge.remote import SSHTarget, remote_path
 
 IMAGE_SIZE = 16
 NUM_CLASSES = 4
@@ -212,7 +212,7 @@ def test_changed_host_key_is_refused(sshd, tiny_bundle, tmp_path, monkeypatch):
         calls.append([str(a) for a in argv])
         return real_run(argv, *args, **kw)
 
-    monkeypatch.setattr("pacb_edge.remote.subprocess.run", spy)
+    monkeypatch.setattr("pacb_edge.core.remote.subprocess.run", spy)
     with pytest.raises(PacbEdgeError, match="host key") as info:
         runner.run(tiny_bundle[0])
     assert "known_hosts" in str(info.value) and "\n" not in str(info.value)
@@ -369,8 +369,8 @@ def test_profile_measures_candidates_through_the_jetson_runner(sshd, tiny_run, t
     settings, so `train --latency-target jetson --latency-table` reaches the same device."""
     from typer.testing import CliRunner
 
-    from pacb_edge.cli import app
-    from pacb_edge.latency import LatencyTable
+    from pacb_edge.cli.main import app
+    from pacb_edge.pruning.latency import LatencyTable
 
     out = tmp_path / "table.json"
     remote_dir = tmp_path / "remote"

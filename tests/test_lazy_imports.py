@@ -11,7 +11,7 @@ def test_cli_help_imports_no_heavy_framework():
     code = (
         "import sys, json\n"
         "from typer.testing import CliRunner\n"
-        "from pacb_edge.cli import app\n"
+        "from pacb_edge.cli.main import app\n"
         "r = CliRunner().invoke(app, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
         "for sub in ('train', 'export', 'bench', 'models', 'demo', 'reproduce'):\n"
@@ -23,11 +23,13 @@ def test_cli_help_imports_no_heavy_framework():
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     heavy_loaded = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
     assert heavy_loaded == [], f"--help imported heavy modules: {heavy_loaded[:10]}"
-    assert "pacb_edge.cli" in loaded
+    assert "pacb_edge.cli.main" in loaded
 
 
 def test_console_script_help_runs():
-    exe = subprocess.run([sys.executable, "-m", "pacb_edge.cli", "--help"], capture_output=True, text=True, timeout=60)
+    exe = subprocess.run(
+        [sys.executable, "-m", "pacb_edge.cli.main", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert exe.returncode == 0
     for sub in ("train", "export", "bench", "models", "demo", "reproduce"):
         assert sub in exe.stdout

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.models import create_attention, create_model
 from pacb_edge.models.counting import count_params
 from pacb_edge.models.repvgg import RepVGGBlock

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pacb_edge.checkpoint import load_checkpoint, save_checkpoint
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.models import ModelSpec, count_flops, count_params, create_model
 from pacb_edge.models.attention import SpatialChannelAttention
-from pacb_edge.prune import PruneConfig, mean_channel_attention, prune_model
+from pacb_edge.pruning.pruner import PruneConfig, mean_channel_attention, prune_model
+from pacb_edge.training.checkpoint import load_checkpoint, save_checkpoint
 
 CASES = [
     ("mobilenetv3_large", "ca", ["bn-scale", "l1-norm", "random"]),
@@ -229,7 +229,7 @@ def test_attention_criterion_needs_matching_attention():
 def test_auto_alignment_keeps_every_pruned_conv_at_the_targets_multiple():
     """`round_to="auto"` with an onnxruntime target: every pruned conv keeps a multiple of the table's value for
     this host (or its original count, when that was not cut), and the spec and report record the multiple."""
-    from pacb_edge.runtimes import target_multiple
+    from pacb_edge.core.runtimes import target_multiple
 
     multiple = target_multiple("onnxruntime").multiple
     model, spec = _model("mobilenetv3_large", "ca", width=1.0)
@@ -259,7 +259,7 @@ def test_auto_alignment_follows_the_latency_target():
 
 
 def test_group_widths_are_kept_exactly_and_the_analysis_counts_their_macs():
-    from pacb_edge.prune import analyze
+    from pacb_edge.pruning.pruner import analyze
 
     model, spec = _model("mobilenetv3_large", "ca", width=0.5)
     analysis = analyze(model, spec, PruneConfig(criterion="bn-scale"))

@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from pacb_edge.checkpoint import load_checkpoint, save_checkpoint
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.models import ModelSpec, count_params, create_model, list_models
 from pacb_edge.models.attention import CoordAttention
 from pacb_edge.models.repvgg import QARepVGGBlock, RepVGGBlock
-from pacb_edge.prune import PruneConfig, prune_model
-from pacb_edge.train import prunable_batchnorms
+from pacb_edge.pruning.pruner import PruneConfig, prune_model
+from pacb_edge.training.checkpoint import load_checkpoint, save_checkpoint
+from pacb_edge.training.trainer import prunable_batchnorms
 
 QAREP = ["qarepvgg_a0", "qarepvgg_a1", "qarepvgg_b0"]
 TOL = 1e-4

@@ -1,5 +1,5 @@
-"""The training defaults per input size (`pacb_edge.recipes`): what README says, what `train` takes, and a short
-seeded run that learns."""
+"""The training defaults per input size (`pacb_edge.training.recipes`): what README says, what `train` takes, and a
+short seeded run that learns."""
 
 import json
 import re
@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pacb_edge.cli import app
-from pacb_edge.cli_options import run_options
-from pacb_edge.data_sources import FASHION_MNIST_DEBIAN_DIR
-from pacb_edge.recipes import LARGE_IMAGE, RECIPES, SMALL_IMAGE, SMALL_IMAGE_MAX, recipe_for
-from pacb_edge.train import TrainConfig, make_optimizer, make_scheduler
+from pacb_edge.cli.main import app
+from pacb_edge.cli.options import run_options
+from pacb_edge.data.sources import FASHION_MNIST_DEBIAN_DIR
+from pacb_edge.training.recipes import LARGE_IMAGE, RECIPES, SMALL_IMAGE, SMALL_IMAGE_MAX, recipe_for
+from pacb_edge.training.trainer import TrainConfig, make_optimizer, make_scheduler
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 runner = CliRunner()

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pacb_edge import cli
-from pacb_edge.cells import CellRunner, cell_key
-from pacb_edge.cli import app
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.experiments import DemoConfig, demo_cells
-from pacb_edge.reproduce import (
+from pacb_edge.cli import main as cli
+from pacb_edge.cli.main import app
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.runtimes import resolve_round_to
+from pacb_edge.studies.cells import CellRunner, cell_key
+from pacb_edge.studies.demo import DemoConfig, demo_cells
+from pacb_edge.studies.grids import PACB_CPU, proxy_multiple
+from pacb_edge.studies.reproduce import (
     CPSCA_METHODS,
     CPSCA_PAPER,
     PACB_LATENCY_MS,
@@ -26,9 +28,7 @@ from pacb_edge.reproduce import (
     default_cpsca_ratios,
     run_reproduce,
 )
-from pacb_edge.reproduce_grids import PACB_CPU, proxy_multiple
-from pacb_edge.reproduce_tables import ordering_notes
-from pacb_edge.runtimes import resolve_round_to
+from pacb_edge.studies.tables import ordering_notes
 
 runner = CliRunner()
 MISSING = ("", "failed", "n/a", "-", "—")
@@ -143,8 +143,8 @@ def test_rerun_recomputes_nothing(pacb, cpsca, monkeypatch):
         raise AssertionError("a finished cell was recomputed")
 
     for target in (
-        "pacb_edge.train.fit",
-        "pacb_edge.pipeline.run_pipeline",
+        "pacb_edge.training.trainer.fit",
+        "pacb_edge.studies.pipeline.run_pipeline",
         "pacb_edge.export.api.export_checkpoint",
         "pacb_edge.device_bench.bench.run_bench",
     ):
@@ -317,7 +317,7 @@ def test_demo_and_reproduce_cells_share_one_engine(tmp_path, monkeypatch):
         cell_dir.mkdir(parents=True)
         return {"stages": {"train": {"test_top1": 0.5}, "finetune": {"test_top1": 0.4}}}
 
-    monkeypatch.setattr("pacb_edge.cells._compute", fake_compute)
+    monkeypatch.setattr("pacb_edge.studies.cells._compute", fake_compute)
     CellRunner(tmp_path, "pacb-edge demo", progress=False).run(demo[("mobilenetv3_large", "CA")], "cell")
     again = CellRunner(tmp_path, "pacb-edge reproduce pacb", progress=False)
     assert again.run(ca, "cell").metrics["stages"]["finetune"]["test_top1"] == 0.4

@@ -6,13 +6,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pacb_edge.checkpoint import read_spec, save_checkpoint
-from pacb_edge.data import load_dataset, rebuild_dataset
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.data.datasets import load_dataset, rebuild_dataset
 from pacb_edge.export.api import export_checkpoint
 from pacb_edge.export.manifest import read_manifest
-from pacb_edge.pipeline import RunOptions, run_pipeline
-from pacb_edge.train import TrainConfig
+from pacb_edge.studies.pipeline import RunOptions, run_pipeline
+from pacb_edge.training.checkpoint import read_spec, save_checkpoint
+from pacb_edge.training.trainer import TrainConfig
 
 SEED = 3
 
@@ -65,14 +65,14 @@ def test_changed_data_stops_with_one_line(seed3_run, tmp_path):
         rebuild_dataset(moved)
     from safetensors.torch import load_file
 
-    from pacb_edge.checkpoint import build_model
+    from pacb_edge.training.checkpoint import build_model
 
     model = build_model(moved)
     model.load_state_dict(load_file(str(out / "base" / "model.safetensors")))
     save_checkpoint(model, moved, tmp_path / "moved")
     from typer.testing import CliRunner
 
-    from pacb_edge.cli import app
+    from pacb_edge.cli.main import app
 
     r = CliRunner().invoke(app, ["export", str(tmp_path / "moved"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "not the one this model was trained with" in r.output

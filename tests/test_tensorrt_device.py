@@ -112,10 +112,10 @@ def test_build_and_verify_builds_once_then_reuses(tmp_path):
 def test_int8_engine_of_a_real_zoo_model_with_the_project_calibrator(tmp_path):
     """MobileNetV3-L with CA, exported as the Nano gets it (opset 13, pre-flight), built as INT8 with the bundle's
     `IInt8EntropyCalibrator2` on real digits images, then verified on the recorded test split."""
-    from pacb_edge.checkpoint import save_checkpoint
-    from pacb_edge.data import load_dataset
+    from pacb_edge.data.datasets import load_dataset
     from pacb_edge.export.api import export_checkpoint
     from pacb_edge.models import ModelSpec, create_model
+    from pacb_edge.training.checkpoint import save_checkpoint
 
     data = load_dataset("digits", grayscale_to_rgb=True)
     spec = ModelSpec(

@@ -217,7 +217,7 @@ def test_required_float_ops_are_in_every_candidate_after_the_full_int8_reference
 
 @needs_export
 def test_unknown_operator_type_is_one_line():
-    from pacb_edge.errors import PacbEdgeError
+    from pacb_edge.core.errors import PacbEdgeError
     from pacb_edge.export.tflite_quant import check_op_types
 
     assert check_op_types(["hard_swish", " LOGISTIC", "HARD_SWISH", ""]) == ("HARD_SWISH", "LOGISTIC")
@@ -226,7 +226,7 @@ def test_unknown_operator_type_is_one_line():
 
 
 def test_calibration_default_is_300_class_balanced_train_images():
-    from pacb_edge.data import CALIBRATION_IMAGES, load_dataset
+    from pacb_edge.data.datasets import CALIBRATION_IMAGES, load_dataset
 
     assert CALIBRATION_IMAGES == 300
     b = load_dataset("digits")
@@ -244,9 +244,9 @@ def test_calibration_default_is_300_class_balanced_train_images():
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     """An untrained MobileNetV3-Small x0.25 checkpoint on a 60-image-per-split slice of digits at 16x16."""
-    from pacb_edge.checkpoint import save_checkpoint
-    from pacb_edge.data import load_dataset
+    from pacb_edge.data.datasets import load_dataset
     from pacb_edge.models import ModelSpec, create_model
+    from pacb_edge.training.checkpoint import save_checkpoint
 
     bundle = load_dataset("digits", input_size=16, limit=60)
     spec = ModelSpec(
@@ -272,7 +272,7 @@ def test_unmeetable_budget_via_cli_is_one_line_and_leaves_nothing(small_checkpoi
 
     from typer.testing import CliRunner
 
-    from pacb_edge.cli import app
+    from pacb_edge.cli.main import app
     from pacb_edge.export import api
 
     @dataclasses.dataclass
@@ -295,7 +295,7 @@ def test_unmeetable_budget_via_cli_is_one_line_and_leaves_nothing(small_checkpoi
 def test_int8_float_ops_bad_use_is_one_line_before_any_work(small_checkpoint, tmp_path):
     from typer.testing import CliRunner
 
-    from pacb_edge.cli import app
+    from pacb_edge.cli.main import app
 
     out = tmp_path / "o"
     base = ["export", str(small_checkpoint), "--out", str(out)]

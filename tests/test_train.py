@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pacb_edge.checkpoint import load_checkpoint, save_checkpoint
-from pacb_edge.cli import app
-from pacb_edge.data import load_dataset
+from pacb_edge.cli.main import app
+from pacb_edge.data.datasets import load_dataset
 from pacb_edge.models import ModelSpec, create_model
-from pacb_edge.train import STATE_NAME, TrainConfig, bn_gamma_l1, fit, load_train_state
+from pacb_edge.training.checkpoint import load_checkpoint, save_checkpoint
+from pacb_edge.training.trainer import STATE_NAME, TrainConfig, bn_gamma_l1, fit, load_train_state
 
 HELPERS = Path(__file__).parent / "helpers"
 runner = CliRunner()
@@ -143,7 +143,7 @@ def test_killing_training_never_leaves_an_unloadable_checkpoint(tmp_path):
     argv = [
         sys.executable,
         "-m",
-        "pacb_edge.cli",
+        "pacb_edge.cli.main",
         "train",
         "--model",
         "resnet56",

@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from pacb_edge.cli import app
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.cli.main import app
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.export.trt_check import PROFILES, check_model, get_profile, preflight
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -27,7 +27,7 @@ def wheel_names(tmp_path_factory):
 
 def test_wheel_maps_card_folders_into_pacb_edge(wheel_names):
     for name in (
-        "pacb_edge/cli.py",
+        "pacb_edge/cli/main.py",
         "pacb_edge/models/registry.py",
         "pacb_edge/models/attention.py",
         "pacb_edge/models/mobilenetv3.py",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.models import count_flops, count_params, create_model, list_attentions, list_models
 from pacb_edge.models.counting import layer_widths
 

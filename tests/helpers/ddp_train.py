@@ -1,4 +1,4 @@
-"""Train a tiny model with pacb_edge.train.fit; run directly (1 process) or under torchrun (DDP, gloo).
+"""Train a tiny model with pacb_edge.training.trainer.fit; run directly (1 process) or under torchrun (DDP, gloo).
 
 Writes the final weights (rank 0) to OUT/model.safetensors and the history to OUT/history.jsonl.
 """
@@ -7,9 +7,9 @@ import sys
 
 import torch
 
-from pacb_edge.data import load_dataset
+from pacb_edge.data.datasets import load_dataset
 from pacb_edge.models import ModelSpec, create_model
-from pacb_edge.train import TrainConfig, fit
+from pacb_edge.training.trainer import TrainConfig, fit
 
 out = sys.argv[1]
 torch.set_num_threads(1)

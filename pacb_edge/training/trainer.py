@@ -26,11 +26,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from pacb_edge.checkpoint import save_checkpoint
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_path, atomic_write_text
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_path, atomic_write_text
 from pacb_edge.models.attention import ChannelAttentionBase
 from pacb_edge.models.spec import ModelSpec
+from pacb_edge.training.checkpoint import save_checkpoint
 
 STATE_NAME = "train_state.pt"
 OPTIMIZERS = ("sgd", "adamw")
@@ -350,7 +350,7 @@ def fit(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pacb_edge.consoles import stderr_console
+    from pacb_edge.core.consoles import stderr_console
 
     bar = Progress(
         TextColumn("[bold]{task.description}"),

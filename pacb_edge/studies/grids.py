@@ -1,7 +1,7 @@
 """The schedules (budget presets) and experiment grids of `pacb-edge reproduce`.
 
 A grid turns a `ReproduceConfig` and its `Schedule` into cells for one seed, runs them through the one cell engine
-(`pacb_edge.cells`) and returns one record per table row.
+(`pacb_edge.studies.cells`) and returns one record per table row.
 
 - `pacb`: for MobileNetV3-Large and RepVGG-A0, Base (the architecture's own attention: SE in MobileNetV3, none in
   RepVGG), Base+CA (sparsity-trained) and Base+CA+Pruned (bn-scale pruning of that very model, then fine-tuning).
@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from pacb_edge.cells import CellConfig, CellRunner
-from pacb_edge.paper_numbers import CPSCA_PAPER, PACB_VARIANTS
-from pacb_edge.recipes import RECIPES, SMALL_IMAGE
-from pacb_edge.runtimes import resolve_round_to
-
-if TYPE_CHECKING:
-    from pacb_edge.reproduce import ReproduceConfig
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.runtimes import resolve_round_to
+from pacb_edge.studies.cells import CellConfig, CellRunner
+from pacb_edge.studies.paper_numbers import CPSCA_PAPER, PACB_VARIANTS
+from pacb_edge.training.recipes import RECIPES, SMALL_IMAGE
 
 PAPERS = ("pacb", "cpsca")
+DATASETS = ("digits", "cifar10", "cifar100", "fashion-mnist", "gtsrb")
+DEVICES = ("cpu", "jetson", "android")
 BUDGETS = ("paper", "cpu")
 ARCHS = {"pacb": ("mobilenetv3_large", "repvgg_a0"), "cpsca": ("vgg16", "resnet56")}
 # Network Slimming's lambda: 1e-4 for plain CNNs (VGG, and PACB's default), 1e-5 for residual nets (ResNet).
@@ -64,7 +65,8 @@ class Schedule:
     thin_weight_decay: float | None = None  # depthwise and attention weights (None: weight_decay)
     label_smoothing: float = 0.0
     augment: bool = True
-    recipe: str | None = None  # a `pacb_edge.recipes` name whose stem each architecture takes (None: its own stem)
+    # a `pacb_edge.training.recipes` name whose stem each architecture takes (None: its own stem)
+    recipe: str | None = None
     scheduler: str = "step"
     warmup_epochs: int = 0
     nesterov: bool = False
@@ -120,7 +122,7 @@ _CPU = dataclasses.replace(
 )
 # `pacb-edge reproduce pacb --dataset fashion-mnist --budget cpu` on a 2-core CPU in <= 90 minutes, the two cores
 # training two grid parts (architecture x seed) side by side, one torch thread each: 6,000 training images (so
-# 1,059 validation) and the small-image recipe of `pacb-edge train` (`pacb_edge.recipes`: the stride-1 stem for
+# 1,059 validation) and the small-image recipe of `pacb-edge train` (`pacb_edge.training.recipes`: the stride-1 stem for
 # MobileNetV3, RepVGG keeping its own; batch 32 at lr 0.1; no weight decay on depthwise and attention weights),
 # without augmentation: at this length the models under-fit, and the random crop cost the 12-epoch proxy 9.8 pp
 # (77.80 -> 87.62 % without it; benchmarks/results/recipe_proxies). The preset before it (lr 0.05, ImageNet stems,
@@ -289,3 +291,111 @@ def cpsca_grid(cfg: ReproduceConfig, sched: Schedule, runner: CellRunner, seed: 
 
 
 GRIDS = {"pacb": pacb_grid, "cpsca": cpsca_grid}
+
+
+@dataclass
+class ReproduceConfig:
+    """What `pacb-edge reproduce` was asked to do. None means the budget's (or --quick's) default."""
+
+    paper: str
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False  # let torchvision fetch the dataset into data_dir
+    out: Path | None = None  # default runs/reproduce_<paper>_<dataset>[_cpu][_quick]
+    budget: str = "paper"  # paper (the papers' schedule, for a GPU) or cpu (sized for a 2-core CPU)
+    quick: bool = False  # a smoke-sized schedule, whatever the budget
+    seeds: int | None = None
+    prune_ratio: float = 0.3  # pacb: bn-scale ratio of the CA model
+    # pacb: also prune the CA model to this share of its measured onnxruntime latency (one thread): CA_Latency rows
+    latency_ratio: float | None = None
+    ratios: tuple[float, ...] | None = None  # cpsca: channel ratios (default: the paper's levels, or the budget's)
+    epochs: int | None = None
+    finetune_epochs: int | None = None
+    sparsity: float | None = None  # lambda; default 1e-4 (pacb), 1e-4 VGG16 / 1e-5 ResNet56 (cpsca Slimming)
+    width_mult: float | None = None
+    limit: int | None = None
+    train_limit: int | None = None
+    archs: tuple[str, ...] | None = None  # a subset of the paper's architectures
+    device: str = "cpu"
+    jetson: dict[str, Any] = field(default_factory=dict)  # JetsonRunner options: host, port, remote_dir, ...
+    android: dict[str, Any] = field(default_factory=dict)  # AndroidRunner options: serial, benchmark_binary, ...
+    threads: int | None = None  # torch threads in all (default: all cores): the host bench's, split over the jobs
+    jobs: int | None = None  # grid parts (one architecture, one seed) trained side by side (default: one per thread)
+    bench_runs: int | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Refuse what cannot run, with a one-line `PacbEdgeError`."""
+        for what, value, known in (
+            ("paper", self.paper, PAPERS),
+            ("budget", self.budget, BUDGETS),
+            ("device", self.device, DEVICES),
+        ):
+            if value not in known:
+                raise PacbEdgeError(f"unknown {what} {value!r}; choose one of {', '.join(known)}")
+        if self.dataset not in DATASETS:
+            raise PacbEdgeError(f"unknown dataset {self.dataset!r} for reproduce; choose one of {', '.join(DATASETS)}")
+        if self.device == "jetson" and not self.jetson.get("host"):
+            raise PacbEdgeError("--device jetson needs --host user@ip")
+        for r in [self.prune_ratio, *(self.ratios or ())]:
+            if not 0 < r < 1:
+                raise PacbEdgeError(f"pruning ratios must be in (0, 1), got {r}")
+        if self.latency_ratio is not None and not 0 < self.latency_ratio < 1:
+            raise PacbEdgeError(f"--latency-ratio must be in (0, 1), got {self.latency_ratio}")
+        if self.ratios is not None and not self.ratios:
+            raise PacbEdgeError("--ratios is empty")
+        for name, v in (
+            ("--seeds", self.seeds),
+            ("--epochs", self.epochs),
+            ("--finetune-epochs", self.finetune_epochs),
+            ("--limit", self.limit),
+            ("--train-limit", self.train_limit),
+            ("--jobs", self.jobs),
+        ):
+            if v is not None and v < 1:
+                raise PacbEdgeError(f"{name} must be at least 1, got {v}")
+        if self.sparsity is not None and self.sparsity < 0:
+            raise PacbEdgeError(f"--sparsity must be >= 0, got {self.sparsity}")
+        if self.width_mult is not None and self.width_mult <= 0:
+            raise PacbEdgeError(f"--width-mult must be positive, got {self.width_mult}")
+        unknown = set(self.archs or ()) - set(ARCHS[self.paper])
+        if unknown:
+            raise PacbEdgeError(
+                f"{self.paper} has no architecture {sorted(unknown)[0]!r}; it uses {', '.join(ARCHS[self.paper])}"
+            )
+
+    def schedule(self) -> Schedule:
+        """The budget's schedule (or --quick's), with this config's overrides."""
+        s = QUICK if self.quick else SCHEDULES[(self.paper, self.budget)]
+        overrides = {
+            "epochs": self.epochs,
+            "finetune_epochs": self.finetune_epochs,
+            "width_mult": self.width_mult,
+            "limit": self.limit,
+            "train_limit": self.train_limit,
+            "bench_runs": self.bench_runs,
+            "seeds": self.seeds,
+        }
+        return dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
+
+    def out_dir(self) -> Path:
+        if self.out is not None:
+            return Path(self.out)
+        budget = "" if self.budget == "paper" else f"_{self.budget}"
+        return Path("runs") / f"reproduce_{self.paper}_{self.dataset}{budget}{'_quick' if self.quick else ''}"
+
+    def cpsca_ratios(self, arch: str) -> tuple[float, ...]:
+        if self.ratios is not None:
+            return tuple(self.ratios)
+        if self.budget == "cpu":
+            return ORDERING_RATIOS
+        return QUICK_CPSCA_RATIOS if self.quick else default_cpsca_ratios(arch)
+
+    def measurements(self) -> dict[str, tuple[str, str]]:
+        """What is benched for each record: {record field: (device, artifact kind)}."""
+        where = {"host": ("cpu", "onnx")}
+        if self.paper == "pacb":
+            where["host_int8"] = ("cpu", "tflite-int8")
+        if self.device != "cpu":
+            where["device"] = (self.device, "trt-bundle" if self.device == "jetson" else "tflite-int8")
+        return where

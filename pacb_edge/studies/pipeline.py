@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_json, ensure_dir
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_json, ensure_dir
 
 STAGES = ("all", "train", "prune", "finetune", "eval")
 
@@ -51,7 +51,7 @@ class RunOptions:
     latency_target: Any = None
     latency_table: Path | None = None
     attention_kwargs: dict[str, Any] = field(default_factory=dict)
-    # The defaults' recipe (`pacb_edge.recipes`) and the values the run took, recorded in the model spec.
+    # The defaults' recipe (`pacb_edge.training.recipes`) and the values the run took, recorded in the model spec.
     recipe: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,8 +91,8 @@ def _model_facts(model, spec) -> dict[str, Any]:
 
 
 def _evaluate_stage(model, spec, bundle, out_dir: Path, title: str) -> dict[str, Any]:
-    from pacb_edge.plots import plot_confusion_matrix
-    from pacb_edge.train import evaluate
+    from pacb_edge.core.plots import plot_confusion_matrix
+    from pacb_edge.training.trainer import evaluate
 
     test = evaluate(model, bundle.test, spec.num_classes)
     val = evaluate(model, bundle.val, spec.num_classes)
@@ -111,8 +111,8 @@ def _fit_stage(
 ) -> dict[str, Any]:
     """Train (`stage` "train") or fine-tune the model into `out`, then (on the main process) plot its curves and
     evaluate it: the stage's record; {} on the other DDP processes."""
-    from pacb_edge.plots import plot_training_curves
-    from pacb_edge.train import fit
+    from pacb_edge.core.plots import plot_training_curves
+    from pacb_edge.training.trainer import fit
 
     cfg = opts.train if stage == "train" else opts.finetune
     verb = "train" if stage == "train" else "fine-tune"
@@ -157,7 +157,7 @@ def _initial_spec(opts: RunOptions, bundle, split_record: dict[str, Any]):
 
 
 def latency_table_path(opts: RunOptions) -> Path:
-    from pacb_edge.latency_profile import table_name
+    from pacb_edge.studies.latency_profile import table_name
 
     return Path(opts.latency_table) if opts.latency_table else Path(opts.out) / table_name(opts.latency_target.target)
 
@@ -166,9 +166,9 @@ def _latency_preflight(opts: RunOptions, bundle, split_record: dict[str, Any], s
     """Before anything is trained or written: the latency table of the model this run will prune (found, or
     profiled now; latency does not depend on the weights) and the budget checked against its measured floor.
     Returns (table, whether it still needs saving)."""
-    from pacb_edge.checkpoint import load_checkpoint
-    from pacb_edge.latency_profile import ProfileConfig, check_floor, table_for
     from pacb_edge.models import create_model
+    from pacb_edge.studies.latency_profile import ProfileConfig, check_floor, table_for
+    from pacb_edge.training.checkpoint import load_checkpoint
 
     base = Path(opts.out) / "base"
     source = opts.checkpoint if (opts.stage == "prune" and opts.checkpoint) else None
@@ -211,10 +211,10 @@ def run_pipeline(opts: RunOptions, before_write=lambda: None, log=lambda _: None
 
     Every check that can refuse the run (a latency budget under its floor included) happens before the run
     directory is made; `before_write()` is called then, before the first file is written."""
-    from pacb_edge.checkpoint import load_checkpoint, save_checkpoint
-    from pacb_edge.data import load_dataset
+    from pacb_edge.data.datasets import load_dataset
     from pacb_edge.models import create_model
-    from pacb_edge.train import seed_everything, setup_distributed
+    from pacb_edge.training.checkpoint import load_checkpoint, save_checkpoint
+    from pacb_edge.training.trainer import seed_everything, setup_distributed
 
     if opts.stage not in STAGES:
         raise PacbEdgeError(f"unknown stage {opts.stage!r}; choose one of {', '.join(STAGES)}")
@@ -285,13 +285,13 @@ def run_pipeline(opts: RunOptions, before_write=lambda: None, log=lambda _: None
         elif stage == "prune":
             if not info.is_main:
                 continue
-            from pacb_edge.prune import prune_model
+            from pacb_edge.pruning.pruner import prune_model
 
             source = opts.checkpoint if (opts.stage == "prune" and opts.checkpoint) else base_dir
             model, spec = load_on_this_split(source)
             images = bundle.calibration_images(min(opts.score_images, len(bundle.train)), seed=opts.train.seed)
             if table is not None:
-                from pacb_edge.latency_profile import prune_to_latency
+                from pacb_edge.studies.latency_profile import prune_to_latency
 
                 pruned, pruned_spec, report = prune_to_latency(
                     model,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_text, atomic_write_with
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_text, atomic_write_with
 from pacb_edge.models.spec import ModelSpec
 
 WEIGHTS_NAME = "model.safetensors"

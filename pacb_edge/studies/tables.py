@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from pacb_edge.paper_numbers import (
+from pacb_edge.studies.paper_numbers import (
     ARCH_TITLES,
     CPSCA_METHOD_NAMES,
     CPSCA_NOTES,

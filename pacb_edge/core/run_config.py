@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_text
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_text
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.latency import (
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.runtimes import HOST_TARGETS, check_target
+from pacb_edge.models import builder_default
+from pacb_edge.pruning.latency import (
     LatencyTable,
     TableKey,
     choose_widths,
@@ -40,8 +42,6 @@ from pacb_edge.latency import (
     relative_error,
     structure_hash,
 )
-from pacb_edge.models import builder_default
-from pacb_edge.runtimes import HOST_TARGETS, check_target
 
 
 def table_name(target: str) -> str:
@@ -121,7 +121,7 @@ class LatencyTargetOptions:
         if self.target in HOST_TARGETS:
             import os
 
-            from pacb_edge.runtimes import host_isa
+            from pacb_edge.core.runtimes import host_isa
 
             return f"{platform.node()} {platform.machine()} {host_isa()} {os.cpu_count()} cores"
         if self.target == "jetson":
@@ -316,8 +316,8 @@ class ProfileConfig:
 def reference_structure(model, spec, criterion: str):
     """The unpruned model as a prune with `criterion` leaves it structurally (SCA and SGE removed, and the
     attention an attention criterion scores), with its spec: the full-width model of a latency table."""
-    from pacb_edge.checkpoint import record_pruned_shapes
-    from pacb_edge.prune import ALWAYS_REMOVED, CRITERIA, remove_attention
+    from pacb_edge.pruning.pruner import ALWAYS_REMOVED, CRITERIA, remove_attention
+    from pacb_edge.training.checkpoint import record_pruned_shapes
 
     kinds = list(ALWAYS_REMOVED)
     needs = getattr(CRITERIA[criterion], "needs_attention", None)
@@ -329,7 +329,7 @@ def reference_structure(model, spec, criterion: str):
 
 
 def _prune_config(profile: ProfileConfig, opts: LatencyTargetOptions, **kw: Any):
-    from pacb_edge.prune import PruneConfig
+    from pacb_edge.pruning.pruner import PruneConfig
 
     return PruneConfig(
         criterion="l1-norm",  # which channels go does not change the latency; l1-norm needs no images
@@ -366,7 +366,7 @@ def table_key(model, spec, analysis, opts: LatencyTargetOptions) -> TableKey:
 
 def expected_key(model, spec, profile: ProfileConfig, opts: LatencyTargetOptions) -> TableKey:
     """The key a table for this model, pruning setting and target must have (no measuring)."""
-    from pacb_edge.prune import analyze
+    from pacb_edge.pruning.pruner import analyze
 
     ref_model, ref_spec = reference_structure(model, spec, profile.criterion)
     return table_key(ref_model, ref_spec, analyze(ref_model, ref_spec, _prune_config(profile, opts)), opts)
@@ -404,9 +404,9 @@ def profile_latency(
     log: Callable[[str], None] = lambda _: None,
     command: str = "",
 ) -> LatencyTable:
-    """Measure `model`'s latency table on the target (see `pacb_edge.latency`). Nothing is written: the caller
+    """Measure `model`'s latency table on the target (see `pacb_edge.pruning.latency`). Nothing is written: the caller
     saves the table."""
-    from pacb_edge.prune import analyze, prune_model
+    from pacb_edge.pruning.pruner import analyze, prune_model
 
     profile.validate()
     opts.validate()
@@ -597,7 +597,7 @@ def prune_to_latency(
     Returns (pruned model, its spec, report). The report has the pruning report's fields plus `latency`: the budget,
     the table used, and every round (widths, predicted and measured latency, whether it met the budget), the round
     kept, and `met` (true only when a measurement was within the budget)."""
-    from pacb_edge.prune import analyze, prune_model
+    from pacb_edge.pruning.pruner import analyze, prune_model
 
     budget.validate()
     check_floor(table, budget)
@@ -701,8 +701,8 @@ def write_profile(table: LatencyTable, path: Path) -> dict[str, Path]:
     import csv
     import io
 
-    from pacb_edge.fileio import atomic_write_text
-    from pacb_edge.plots import plot_latency_fit
+    from pacb_edge.core.fileio import atomic_write_text
+    from pacb_edge.core.plots import plot_latency_fit
 
     path = Path(path)
     table.save(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from pacb_edge.fileio import atomic_write_with
+from pacb_edge.core.fileio import atomic_write_with
 
 
 def pyplot():

@@ -14,8 +14,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from pacb_edge import cli_output as view
-from pacb_edge.cli_options import (
+from pacb_edge.cli import output as view
+from pacb_edge.cli.options import (
     MIN_INPUT_SIZE,
     bench_device_options,
     reproduce_config,
@@ -23,9 +23,9 @@ from pacb_edge.cli_options import (
     split_csv,
     ssh_options,
 )
-from pacb_edge.cli_output import print_table
-from pacb_edge.consoles import stderr_console, stdout_console
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.cli.output import print_table
+from pacb_edge.core.consoles import stderr_console, stdout_console
+from pacb_edge.core.errors import PacbEdgeError
 
 app = typer.Typer(
     name="pacb-edge",
@@ -62,7 +62,7 @@ def _config_defaults(ctx: typer.Context, param: typer.CallbackParam, value: Path
     """--config FILE: the file's options become this command's defaults (the command line still wins)."""
     if value is None or ctx.resilient_parsing:
         return value
-    from pacb_edge.run_config import load_config
+    from pacb_edge.core.run_config import load_config
 
     try:
         options = load_config(value)
@@ -107,9 +107,9 @@ def models_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON here.")] = None,
 ) -> None:
     """List every registered architecture and attention module with params, MACs and FLOPs."""
-    from pacb_edge.fileio import atomic_write_json
+    from pacb_edge.core.fileio import atomic_write_json
     from pacb_edge.models import list_attentions
-    from pacb_edge.zoo import model_table
+    from pacb_edge.models.zoo import model_table
 
     if input_size < MIN_INPUT_SIZE:
         raise PacbEdgeError(f"--input-size must be at least {MIN_INPUT_SIZE}, got {input_size}")
@@ -251,8 +251,8 @@ def train(
     config.toml, to repeat it with --config)."""
     import shlex
 
-    from pacb_edge.pipeline import run_pipeline
-    from pacb_edge.run_config import CONFIG_NAME, write_config
+    from pacb_edge.core.run_config import CONFIG_NAME, write_config
+    from pacb_edge.studies.pipeline import run_pipeline
 
     params = {k: v for k, v in ctx.params.items() if k != "config"}
     opts = run_options(params, shlex.join(["pacb-edge", *sys.argv[1:]]))
@@ -277,8 +277,8 @@ def runtimes_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON here.")] = None,
 ) -> None:
     """The channel multiple each runtime wants (what --round-to auto rounds kept widths up to), with its source."""
-    from pacb_edge.fileio import atomic_write_json
-    from pacb_edge.runtimes import CHANNEL_MULTIPLES, LATENCY_TARGETS, host_isa, target_multiple
+    from pacb_edge.core.fileio import atomic_write_json
+    from pacb_edge.core.runtimes import CHANNEL_MULTIPLES, LATENCY_TARGETS, host_isa, target_multiple
 
     rows = [[r.runtime, r.precision, r.isa, str(r.multiple), r.source, r.measured or r.note] for r in CHANNEL_MULTIPLES]
     header = ("runtime", "precision", "isa", "multiple", "source", "measured / note")
@@ -365,10 +365,10 @@ def profile_cmd(
     to the target's format and measured there; a latency model is fitted to them and checked on held-out ones."""
     import shlex
 
-    from pacb_edge.checkpoint import load_checkpoint
-    from pacb_edge.cli_options import profile_options
-    from pacb_edge.data import rebuild_dataset
-    from pacb_edge.latency_profile import group_rows, profile_latency, table_name, write_profile
+    from pacb_edge.cli.options import profile_options
+    from pacb_edge.data.datasets import rebuild_dataset
+    from pacb_edge.studies.latency_profile import group_rows, profile_latency, table_name, write_profile
+    from pacb_edge.training.checkpoint import load_checkpoint
 
     source = checkpoint / "base" if (checkpoint / "base" / "model.safetensors").is_file() else checkpoint
     profile, opts = profile_options(ctx.params)
@@ -423,8 +423,8 @@ def check_cmd(
 
     Prints "ok" (exit 0), or one line per problem: the operator, the node and the first TensorRT that takes it (exit 1).
     """
+    from pacb_edge.core.fileio import atomic_write_json
     from pacb_edge.export.trt_check import check_model, get_profile
-    from pacb_edge.fileio import atomic_write_json
 
     profile = get_profile(trt)
     problems = check_model(model, profile.version)
@@ -681,7 +681,7 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show progress bars (with one job).")] = True,
 ) -> None:
     """Run the main job end to end on the bundled digits data: train, prune, export, verify, bench."""
-    from pacb_edge.experiments import DemoConfig, run_demo
+    from pacb_edge.studies.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
         out=out,
@@ -776,7 +776,7 @@ def reproduce(
     sized for a 2-core CPU (pacb on fashion-mnist: 66 minutes measured). An interrupted run resumes cell by cell;
     --quick is a smoke test.
     """
-    from pacb_edge.reproduce import run_reproduce
+    from pacb_edge.studies.reproduce import run_reproduce
 
     cfg = reproduce_config(ctx.params)
     result = run_reproduce(cfg, log=lambda msg: err_console.print(f"[bold cyan]reproduce:[/] {msg}"))

@@ -22,7 +22,7 @@ solved exactly by dynamic programming over discretized latency, with each group'
 current widths and the choice re-solved until it is stable.
 
 Pure numpy and scipy; the profile (which exports and measures) and the measured loop around the knapsack are
-`pacb_edge.latency_profile`.
+`pacb_edge.studies.latency_profile`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_json
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_json
 
 TABLE_FORMAT = 1
 KEY_FIELDS = (

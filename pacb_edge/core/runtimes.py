@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 # What `--latency-target` names: where the pruned model will run and be measured.
 LATENCY_TARGETS = ("onnxruntime", "tflite", "tflite-int8", "jetson", "android")

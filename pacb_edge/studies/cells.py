@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.fileio import atomic_write_json
+from pacb_edge.core.fileio import atomic_write_json
 
 CELL_FORMAT = 4  # bump when the meaning of a cell changes, so older cells are recomputed (4: warm-up cap)
 ATTENTION_CRITERIA = ("se-attention", "sca-attention")  # the criteria that average attention over training images
@@ -234,9 +234,9 @@ class CellRunner:
 
 def _compute(cfg: CellConfig, cell_dir: Path, source: Cell | None, run: CellRunner, command: str) -> dict[str, Any]:
     """Train (and prune + fine-tune) a training cell, or prune + fine-tune a source's model, through the pipeline."""
-    from pacb_edge.pipeline import RunOptions, run_pipeline
-    from pacb_edge.prune import PruneConfig
-    from pacb_edge.train import TrainConfig
+    from pacb_edge.pruning.pruner import PruneConfig
+    from pacb_edge.studies.pipeline import RunOptions, run_pipeline
+    from pacb_edge.training.trainer import TrainConfig
 
     common = {name: getattr(cfg, name) for name in _TRAIN_FIELDS}
     train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, sparsity=cfg.sparsity, **common)
@@ -252,7 +252,7 @@ def _compute(cfg: CellConfig, cell_dir: Path, source: Cell | None, run: CellRunn
         )
     latency = {}
     if cfg.criterion and cfg.latency_ratio is not None:
-        from pacb_edge.latency_profile import LatencyBudget, LatencyTargetOptions
+        from pacb_edge.studies.latency_profile import LatencyBudget, LatencyTargetOptions
 
         latency = {
             "latency": LatencyBudget(ratio=cfg.latency_ratio),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 
 def split_csv(value: str) -> list[str]:
@@ -69,12 +69,12 @@ def check_run_ranges(p: dict[str, Any]) -> None:
         raise PacbEdgeError(f"unknown attention {attention!r}; choose one of none, {', '.join(list_attentions())}")
 
 
-def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOptions
+def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.studies.pipeline.RunOptions
     """`pacb-edge train`'s options as the pipeline's `RunOptions` (training, fine-tuning and pruning configs)."""
-    from pacb_edge.pipeline import RunOptions
-    from pacb_edge.prune import PruneConfig
-    from pacb_edge.recipes import recipe_for
-    from pacb_edge.train import TrainConfig
+    from pacb_edge.pruning.pruner import PruneConfig
+    from pacb_edge.studies.pipeline import RunOptions
+    from pacb_edge.training.recipes import recipe_for
+    from pacb_edge.training.trainer import TrainConfig
 
     recipe = recipe_for(p["input_size"])
     r = {k: (p[k] if p.get(k) is not None else v) for k, v in recipe.as_dict(p["model"]).items()}
@@ -123,7 +123,7 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
         )
         prune.validate()
         if budget:
-            from pacb_edge.latency_profile import LatencyBudget
+            from pacb_edge.studies.latency_profile import LatencyBudget
 
             latency = LatencyBudget(budget_ms=p["latency_budget"], ratio=p["latency_ratio"])
             latency.validate()
@@ -152,8 +152,8 @@ def run_options(p: dict[str, Any], command: str):  # -> pacb_edge.pipeline.RunOp
 def latency_target_options(target: str, threads: int | None, table: Path | None, budget: bool):
     """Where a prune's latency is measured. Host runtimes run here with the run's threads; a Jetson or a phone is
     reached as the latency table made by `pacb-edge profile` on it says (so the table is required there)."""
-    from pacb_edge.latency_profile import LatencyTargetOptions
-    from pacb_edge.runtimes import HOST_TARGETS, check_target
+    from pacb_edge.core.runtimes import HOST_TARGETS, check_target
+    from pacb_edge.studies.latency_profile import LatencyTargetOptions
 
     check_target(target)
     if target in HOST_TARGETS or not budget:
@@ -163,7 +163,7 @@ def latency_target_options(target: str, threads: int | None, table: Path | None,
             f"a latency budget on --latency-target {target} needs the table `pacb-edge profile --target {target}` "
             "made on the device: pass it with --latency-table"
         )
-    from pacb_edge.latency import LatencyTable
+    from pacb_edge.pruning.latency import LatencyTable
 
     settings = LatencyTable.load(table).target
     if settings.get("target") != target:
@@ -195,9 +195,9 @@ def bench_device_options(p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return jetson, android, notes
 
 
-def reproduce_config(p: dict[str, Any]):  # -> pacb_edge.reproduce.ReproduceConfig
+def reproduce_config(p: dict[str, Any]):  # -> pacb_edge.studies.reproduce.ReproduceConfig
     """`pacb-edge reproduce`'s options as a `ReproduceConfig` (validated)."""
-    from pacb_edge.reproduce import ReproduceConfig
+    from pacb_edge.studies.reproduce import ReproduceConfig
 
     try:
         ratios = tuple(float(r) for r in split_csv(p["ratios"])) if p["ratios"] is not None else None
@@ -223,9 +223,9 @@ def reproduce_config(p: dict[str, Any]):  # -> pacb_edge.reproduce.ReproduceConf
 
 def profile_options(p: dict[str, Any]):  # -> (latency_profile.ProfileConfig, latency_profile.LatencyTargetOptions)
     """`pacb-edge profile`'s options as the profile's configuration and the target's (validated)."""
-    from pacb_edge.latency_profile import LatencyTargetOptions, ProfileConfig
-    from pacb_edge.prune import CRITERIA
-    from pacb_edge.runtimes import check_target, parse_round_to
+    from pacb_edge.core.runtimes import check_target, parse_round_to
+    from pacb_edge.pruning.pruner import CRITERIA
+    from pacb_edge.studies.latency_profile import LatencyTargetOptions, ProfileConfig
 
     check_target(p["target"])
     if p["prune"] not in CRITERIA:

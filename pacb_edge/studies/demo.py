@@ -1,5 +1,5 @@
 """The main job (`pacb-edge demo`): its cells (train with sparsity -> prune -> fine-tune) run through the experiment
-engine `pacb_edge.cells` that `pacb-edge reproduce` uses too, then every model is exported and benched.
+engine `pacb_edge.studies.cells` that `pacb-edge reproduce` uses too, then every model is exported and benched.
 
 This module sits at the top of the data flow (it drives training, export and the bench runners), like the CLI, and
 imports those layers inside its functions.
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.cells import CellConfig, CellRunner
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_json, atomic_write_text, ensure_dir
-from pacb_edge.parallel import in_parallel, job_count, thread_plan
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_json, atomic_write_text, ensure_dir
+from pacb_edge.core.parallel import in_parallel, job_count, thread_plan
+from pacb_edge.studies.cells import CellConfig, CellRunner
 
 # PACB's variants: the paper's Base (the architecture as published: SE in MobileNetV3, none in RepVGG), Base+CA
 # (CA in every block, sparsity-trained), and Base+CA+Pruned (bn-scale pruning of that model, fine-tuned).
@@ -107,7 +107,7 @@ def _train_job(
 def _export_job(ckpt: str, calibration_images: int, bundle: bool, threads: int) -> tuple[dict, dict, float]:
     """ONNX and FP32 + INT8 TFLite of one checkpoint (and its Jetson bundle) in a worker process."""
     from pacb_edge.export.api import export_checkpoint
-    from pacb_edge.pipeline import pin_threads
+    from pacb_edge.studies.pipeline import pin_threads
 
     pin_threads(threads)
     t0 = time.perf_counter()
@@ -130,7 +130,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> di
     `jobs` worker processes side by side, one thread each by default; each cell is seeded, so the numbers are the
     same for the same seed, jobs and threads. The bench then runs alone, interleaved, on all threads."""
     from pacb_edge.device_bench.bench import BenchOptions, run_bench, write_reports
-    from pacb_edge.pipeline import pin_threads
+    from pacb_edge.studies.pipeline import pin_threads
 
     cfg.validate()
     out = ensure_dir(cfg.out)

@@ -19,7 +19,7 @@ CBAM's and LAM's one-channel spatial gate pools over every channel and does not 
 hidden from the dependency graph while the graph is built, so it does not couple every channel into one group.
 
 Kept channel counts are rounded *up* to a multiple (`round_to`): by default ("auto") the multiple the target runtime
-wants (`pacb_edge.runtimes`), so a pruned model stays on the runtime's fast paths.
+wants (`pacb_edge.core.runtimes`), so a pruned model stays on the runtime's fast paths.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pacb_edge.checkpoint import record_pruned_shapes, set_module
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.latency import Layer
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.runtimes import check_target, parse_round_to, resolve_round_to
 from pacb_edge.models.attention import (
     ChannelAttentionBase,
     SpatialChannelAttention,
@@ -48,7 +47,8 @@ from pacb_edge.models.attention import (
 )
 from pacb_edge.models.counting import count_flops, count_params, layer_widths
 from pacb_edge.models.spec import ModelSpec
-from pacb_edge.runtimes import check_target, parse_round_to, resolve_round_to
+from pacb_edge.pruning.latency import Layer
+from pacb_edge.training.checkpoint import record_pruned_shapes, set_module
 
 # Attention types that are always removed before surgery (their channel groups do not survive channel removal).
 ALWAYS_REMOVED = (SpatialChannelAttention, SpatialGroupEnhance)
@@ -153,7 +153,7 @@ class PruneConfig:
     # Root conv name -> exact kept width of its whole group (what a latency budget chooses); overrides the ratios.
     group_widths: dict[str, int] = field(default_factory=dict)
     min_channels: int = 4
-    round_to: int | str = "auto"  # "auto": the latency target's channel multiple (pacb_edge.runtimes)
+    round_to: int | str = "auto"  # "auto": the latency target's channel multiple (pacb_edge.core.runtimes)
     latency_target: str = "onnxruntime"  # where the model will run: picks the "auto" multiple
     target_options: dict[str, str] = field(default_factory=dict)  # the target's precision / delegate, if any
     scope: str | None = None  # "global" (one ranking over all layers) or "layer"; default: the criterion's own
@@ -188,7 +188,7 @@ class PruneConfig:
 def _gated_batchnorms(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, nn.Module]:
     """Map each attention module to the BatchNorm whose channels it gates: the last BN (outside attention modules)
     that ran before it, with a matching channel count."""
-    from pacb_edge.train import prunable_batchnorms
+    from pacb_edge.training.trainer import prunable_batchnorms
 
     bns = set(prunable_batchnorms(model))
     last_bn: list[nn.Module] = []

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 # Create the folder, then unpack the tar stream from stdin into it. The folder arrives as "$1", never as code.
 _UNTAR_SCRIPT = 'mkdir -p -- "$1" && exec tar -x -f - -C "$1" --no-same-owner'

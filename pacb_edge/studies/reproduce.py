@@ -31,14 +31,21 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pacb_edge.cells import CellRunner, stable_key
-from pacb_edge.errors import PacbEdgeError
-from pacb_edge.fileio import atomic_write_json, atomic_write_text, ensure_dir
-from pacb_edge.paper_numbers import (
+from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.fileio import atomic_write_json, atomic_write_text, ensure_dir
+from pacb_edge.core.parallel import in_parallel, job_count, thread_plan
+from pacb_edge.studies.cells import CellRunner, stable_key
+from pacb_edge.studies.grids import (
+    GRIDS,
+    ReproduceConfig,
+    Schedule,
+    default_cpsca_ratios,
+    grid_archs,
+)
+from pacb_edge.studies.paper_numbers import (
     CPSCA_METHODS,
     CPSCA_PAPER,
     PACB_LATENCY_MS,
@@ -47,21 +54,7 @@ from pacb_edge.paper_numbers import (
     paper_dataset,
     paper_numbers,
 )
-from pacb_edge.parallel import in_parallel, job_count, thread_plan
-from pacb_edge.reproduce_grids import (
-    ARCHS,
-    BUDGETS,
-    GRIDS,
-    ORDERING_RATIOS,
-    PAPERS,
-    QUICK,
-    QUICK_CPSCA_RATIOS,
-    SCHEDULES,
-    Schedule,
-    default_cpsca_ratios,
-    grid_archs,
-)
-from pacb_edge.reproduce_tables import Table, cpsca_tables, pacb_tables, tables_markdown
+from pacb_edge.studies.tables import Table, cpsca_tables, pacb_tables, tables_markdown
 
 __all__ = [
     "CPSCA_METHODS",
@@ -74,122 +67,12 @@ __all__ = [
     "run_reproduce",
 ]
 
-DATASETS = ("digits", "cifar10", "cifar100", "fashion-mnist", "gtsrb")
-DEVICES = ("cpu", "jetson", "android")
 RESULT_NAME = "reproduce"  # reproduce.json and reproduce.md in the output folder
 ORDERING_NOTE = (
     "Budget cpu: every pruned row prunes the same VGG16-SCA model (trained with Slimming's lambda), and SCA is removed "
     "from every pruned model, so only the channel choice differs between the rows. Random is a control the paper does "
     "not have; CPSE is left out."
 )
-
-
-@dataclass
-class ReproduceConfig:
-    """What `pacb-edge reproduce` was asked to do. None means the budget's (or --quick's) default."""
-
-    paper: str
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False  # let torchvision fetch the dataset into data_dir
-    out: Path | None = None  # default runs/reproduce_<paper>_<dataset>[_cpu][_quick]
-    budget: str = "paper"  # paper (the papers' schedule, for a GPU) or cpu (sized for a 2-core CPU)
-    quick: bool = False  # a smoke-sized schedule, whatever the budget
-    seeds: int | None = None
-    prune_ratio: float = 0.3  # pacb: bn-scale ratio of the CA model
-    # pacb: also prune the CA model to this share of its measured onnxruntime latency (one thread): CA_Latency rows
-    latency_ratio: float | None = None
-    ratios: tuple[float, ...] | None = None  # cpsca: channel ratios (default: the paper's levels, or the budget's)
-    epochs: int | None = None
-    finetune_epochs: int | None = None
-    sparsity: float | None = None  # lambda; default 1e-4 (pacb), 1e-4 VGG16 / 1e-5 ResNet56 (cpsca Slimming)
-    width_mult: float | None = None
-    limit: int | None = None
-    train_limit: int | None = None
-    archs: tuple[str, ...] | None = None  # a subset of the paper's architectures
-    device: str = "cpu"
-    jetson: dict[str, Any] = field(default_factory=dict)  # JetsonRunner options: host, port, remote_dir, ...
-    android: dict[str, Any] = field(default_factory=dict)  # AndroidRunner options: serial, benchmark_binary, ...
-    threads: int | None = None  # torch threads in all (default: all cores): the host bench's, split over the jobs
-    jobs: int | None = None  # grid parts (one architecture, one seed) trained side by side (default: one per thread)
-    bench_runs: int | None = None
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Refuse what cannot run, with a one-line `PacbEdgeError`."""
-        for what, value, known in (
-            ("paper", self.paper, PAPERS),
-            ("budget", self.budget, BUDGETS),
-            ("device", self.device, DEVICES),
-        ):
-            if value not in known:
-                raise PacbEdgeError(f"unknown {what} {value!r}; choose one of {', '.join(known)}")
-        if self.dataset not in DATASETS:
-            raise PacbEdgeError(f"unknown dataset {self.dataset!r} for reproduce; choose one of {', '.join(DATASETS)}")
-        if self.device == "jetson" and not self.jetson.get("host"):
-            raise PacbEdgeError("--device jetson needs --host user@ip")
-        for r in [self.prune_ratio, *(self.ratios or ())]:
-            if not 0 < r < 1:
-                raise PacbEdgeError(f"pruning ratios must be in (0, 1), got {r}")
-        if self.latency_ratio is not None and not 0 < self.latency_ratio < 1:
-            raise PacbEdgeError(f"--latency-ratio must be in (0, 1), got {self.latency_ratio}")
-        if self.ratios is not None and not self.ratios:
-            raise PacbEdgeError("--ratios is empty")
-        for name, v in (
-            ("--seeds", self.seeds),
-            ("--epochs", self.epochs),
-            ("--finetune-epochs", self.finetune_epochs),
-            ("--limit", self.limit),
-            ("--train-limit", self.train_limit),
-            ("--jobs", self.jobs),
-        ):
-            if v is not None and v < 1:
-                raise PacbEdgeError(f"{name} must be at least 1, got {v}")
-        if self.sparsity is not None and self.sparsity < 0:
-            raise PacbEdgeError(f"--sparsity must be >= 0, got {self.sparsity}")
-        if self.width_mult is not None and self.width_mult <= 0:
-            raise PacbEdgeError(f"--width-mult must be positive, got {self.width_mult}")
-        unknown = set(self.archs or ()) - set(ARCHS[self.paper])
-        if unknown:
-            raise PacbEdgeError(
-                f"{self.paper} has no architecture {sorted(unknown)[0]!r}; it uses {', '.join(ARCHS[self.paper])}"
-            )
-
-    def schedule(self) -> Schedule:
-        """The budget's schedule (or --quick's), with this config's overrides."""
-        s = QUICK if self.quick else SCHEDULES[(self.paper, self.budget)]
-        overrides = {
-            "epochs": self.epochs,
-            "finetune_epochs": self.finetune_epochs,
-            "width_mult": self.width_mult,
-            "limit": self.limit,
-            "train_limit": self.train_limit,
-            "bench_runs": self.bench_runs,
-            "seeds": self.seeds,
-        }
-        return dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
-
-    def out_dir(self) -> Path:
-        if self.out is not None:
-            return Path(self.out)
-        budget = "" if self.budget == "paper" else f"_{self.budget}"
-        return Path("runs") / f"reproduce_{self.paper}_{self.dataset}{budget}{'_quick' if self.quick else ''}"
-
-    def cpsca_ratios(self, arch: str) -> tuple[float, ...]:
-        if self.ratios is not None:
-            return tuple(self.ratios)
-        if self.budget == "cpu":
-            return ORDERING_RATIOS
-        return QUICK_CPSCA_RATIOS if self.quick else default_cpsca_ratios(arch)
-
-    def measurements(self) -> dict[str, tuple[str, str]]:
-        """What is benched for each record: {record field: (device, artifact kind)}."""
-        where = {"host": ("cpu", "onnx")}
-        if self.paper == "pacb":
-            where["host_int8"] = ("cpu", "tflite-int8")
-        if self.device != "cpu":
-            where["device"] = (self.device, "trt-bundle" if self.device == "jetson" else "tflite-int8")
-        return where
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -337,7 +220,7 @@ def _grid_part(
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """One architecture's grid for one seed (in a worker process when jobs run side by side), then its host-CPU
     exports, so that they too run side by side: (records, cell counts)."""
-    from pacb_edge.pipeline import pin_threads
+    from pacb_edge.studies.pipeline import pin_threads
 
     pin_threads(threads)
     command = f"pacb-edge reproduce {cfg.paper}"
@@ -368,7 +251,7 @@ def _run_grid(
 
     Each part trains on `threads // jobs` torch threads (the cells' numbers depend on it, so the same command gives
     the same numbers); the longest architecture's parts go first so that the workers finish together."""
-    from pacb_edge.pipeline import pin_threads
+    from pacb_edge.studies.pipeline import pin_threads
 
     threads = pin_threads(cfg.threads)
     parts = [(seed, arch) for arch in grid_archs(cfg) for seed in seeds]

@@ -1,9 +1,9 @@
 """Where a dataset's images come from: the per-dataset loaders (torchvision's readers on the real file formats,
 scikit-learn's bundled digits, Debian's Fashion-MNIST), the image stores they fill, and the seeded splitting.
 
-`pacb_edge.data` turns what these loaders return into a `DataBundle` with one inference preprocessing. Everything runs
-offline; a missing or corrupt file is a one-line error saying what to place where, and the only network access is
-torchvision's own download, with `--download`.
+`pacb_edge.data.datasets` turns what these loaders return into a `DataBundle` with one inference preprocessing.
+Everything runs offline; a missing or corrupt file is a one-line error saying what to place where, and the only
+network access is torchvision's own download, with `--download`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torchvision.transforms.functional import pil_to_tensor
 
-from pacb_edge.errors import PacbEdgeError
+from pacb_edge.core.errors import PacbEdgeError
 
 if TYPE_CHECKING:
-    from pacb_edge.data import Preprocess
+    from pacb_edge.data.preprocess import Preprocess
 
 DEFAULT_DATA_DIR = Path("data")
 TEST_FRACTION = 0.15  # test share for datasets without an official test split (digits, imagefolder)

@@ -1,0 +1,1 @@
+"""Data sets: the sources on disk, their preprocessing and the recorded splits."""

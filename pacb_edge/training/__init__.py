@@ -1,0 +1,1 @@
+"""Training: the trainer, the recipes per input size, and checkpoints (safetensors + spec)."""
