@@ -4,6 +4,7 @@ The tiny models (width x0.25) are narrower than the runtimes' channel multiples,
 counts prune with `round_to=1`; the alignment tests use the default ("auto")."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,3 +289,26 @@ def test_bad_alignment_options_are_user_errors(kwargs, message):
     model, spec = _model("resnet56", "none", width=0.25)
     with pytest.raises(PacbEdgeError, match=message):
         prune_model(model, spec, PruneConfig(**kwargs))
+
+
+def test_torch_pruning_private_hooks_are_the_pinned_versions():
+    """`ChannelPruner` overrides Torch-Pruning's private `_round_to` and calls its private `_check_pruning_ratio`
+    (there is no public hook for a per-layer minimum or rounding up). pyproject.toml pins Torch-Pruning to the
+    releases checked here; a release that renames, re-signs or stops calling either fails this test."""
+    import inspect
+    from importlib import metadata
+
+    import tomllib
+    import torch_pruning as tp
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    deps = [d for group in pyproject["project"]["optional-dependencies"].values() for d in group]
+    (pin,) = [Requirement(d) for d in deps if d.startswith("torch-pruning")]
+    installed = metadata.version("torch-pruning")
+    assert installed in pin.specifier, (installed, str(pin.specifier))
+    base = tp.pruner.BasePruner
+    assert list(inspect.signature(base._round_to).parameters) == ["self", "n_pruned", "current_channels", "round_to"]
+    assert list(inspect.signature(base._check_pruning_ratio).parameters) == ["self", "group"]
+    source = inspect.getsource(base)
+    assert "self._round_to(" in source and "self._check_pruning_ratio(" in source

@@ -342,6 +342,8 @@ class ChannelPruner(tp.pruner.BasePruner):
             ratio = super().get_target_pruning_ratio(module, step)
         return _exact_ratio(int(ratio * channels), channels)
 
+    # Torch-Pruning's private hook (no public one rounds up or keeps a minimum); pyproject.toml pins the releases
+    # whose signature tests/test_prune.py checks.
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
         keep = max(current_channels - n_pruned, min(self.min_channels, current_channels))
         keep = min(current_channels, math.ceil(keep / round_to) * round_to)
