@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.runtimes import PRECISIONS
 from pacb_edge.export.tensorrt import (
     BUNDLE_MANIFEST,
     HARNESS_DIR,  # noqa: F401 - part of this module's interface (the folder the harness runs from)
-    PRECISIONS,
     BundleSession,
     check_bundle,
     last_line,

@@ -29,6 +29,7 @@ from pacb_edge.core.consoles import step
 from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.core.fileio import atomic_path, atomic_write_json, ensure_dir
 from pacb_edge.core.remote import SSHTarget, remote_path
+from pacb_edge.core.runtimes import PRECISIONS
 
 BUNDLE_ONNX = "model.onnx"
 BUNDLE_CALIBRATION = "calibration.npy"
@@ -39,7 +40,6 @@ UPLOAD_MARKER = ".pacb_upload_complete"  # written on the device last, after eve
 DIGEST_CHARS = 16  # hex digits of the bundle hash in the remote folder name
 DEVICE_BUILT = ("*.engine", "*.engine.json", "calib_*.cache", "calib_*.cache.json")  # never copied to a device
 UPLOAD_SENT, UPLOAD_SKIPPED, UPLOAD_LOCAL = "sent", "skipped", "local"
-PRECISIONS = ("fp32", "fp16", "int8")
 _MAX_ERROR_CHARS = 500
 
 

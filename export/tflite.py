@@ -25,11 +25,11 @@ import numpy as np
 
 from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.core.fileio import atomic_write_bytes, ensure_dir
+from pacb_edge.core.runtimes import PRECISIONS
 
 if TYPE_CHECKING:
     from pacb_edge.export.tflite_quant import Int8Calibration
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # The file onnx2tf reads from its working folder instead of downloading 20 MS-COCO images.
 ONNX2TF_SAMPLE_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
 # What onnx2tf 1.28 names its outputs for an input file called `model.onnx` (INT8 is made here, from its SavedModel).

@@ -365,3 +365,27 @@ def test_missed_budget_hint_names_the_qarep_block_for_repvgg_with_attention():
     assert int8_hint(ModelSpec(arch="repvgg_a0", attention=None)) == ""
     assert int8_hint(ModelSpec(arch="qarepvgg_a0", attention="ca")) == ""
     assert int8_hint(ModelSpec(arch="mobilenetv3_large", attention="ca")) == ""
+
+
+@needs_export
+def test_int8_drop_over_the_maximum_fails_after_writing_the_report(small_checkpoint, tmp_path, monkeypatch):
+    """A drop over --max-int8-drop is a typed outcome of the export: the report and the files are written, then the
+    export fails with that drop; --allow-drop keeps the same note and succeeds."""
+    import dataclasses
+
+    from pacb_edge.export import api
+
+    @dataclasses.dataclass
+    class Strict(api.ExportContext):  # the options refuse a negative maximum, so the context is handed one directly
+        def __post_init__(self):
+            self.max_int8_drop = -100.0
+            self.int8_budget = 100.0
+
+    monkeypatch.setattr(api, "ExportContext", Strict)
+    kw = dict(precision="int8", calibration_images=32)
+    with pytest.raises(api.AccuracyDropError, match="exceeds --max-int8-drop -100.00 pp.*--allow-drop"):
+        api.export_checkpoint(small_checkpoint, ["tflite"], out_dir=tmp_path / "strict", **kw)
+    report = json.loads((tmp_path / "strict" / api.REPORT_NAME).read_text())
+    assert any("exceeds --max-int8-drop" in n for n in report["notes"])
+    allowed = api.export_checkpoint(small_checkpoint, ["tflite"], out_dir=tmp_path / "allowed", allow_drop=True, **kw)
+    assert any("allowed by --allow-drop" in n for n in allowed["notes"])

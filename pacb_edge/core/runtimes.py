@@ -21,7 +21,8 @@ from pacb_edge.core.errors import PacbEdgeError
 # What `--latency-target` names: where the pruned model will run and be measured.
 LATENCY_TARGETS = ("onnxruntime", "tflite", "tflite-int8", "jetson", "android")
 HOST_TARGETS = ("onnxruntime", "tflite", "tflite-int8")
-JETSON_PRECISIONS = ("fp32", "fp16", "int8")
+# The precisions every format and runtime here speaks (TensorRT engines, TFLite files, latency targets).
+PRECISIONS = ("fp32", "fp16", "int8")
 ANDROID_DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi")
 
 
@@ -233,8 +234,8 @@ def target_multiple(
         return lookup("xnnpack", "int8" if target == "tflite-int8" else "fp32", host)
     if target == "jetson":
         precision = precision or "fp16"
-        if precision not in JETSON_PRECISIONS:
-            raise PacbEdgeError(f"unknown Jetson precision {precision!r}; use one of {', '.join(JETSON_PRECISIONS)}")
+        if precision not in PRECISIONS:
+            raise PacbEdgeError(f"unknown Jetson precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         return lookup("tensorrt", precision, isa or "cuda-maxwell")
     delegate = delegate or "xnnpack"
     if delegate not in ANDROID_DELEGATES:
