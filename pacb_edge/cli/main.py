@@ -24,6 +24,17 @@ from pacb_edge.cli.options import (
     ssh_options,
 )
 from pacb_edge.cli.output import print_table
+from pacb_edge.cli.params import (
+    BENCH_ANDROID,
+    BENCH_JETSON,
+    EXPORT_JETSON,
+    PROFILE_ANDROID,
+    PROFILE_JETSON,
+    PYTHON,
+    REMOTE_DIR,
+    REPRODUCE_ANDROID,
+    REPRODUCE_JETSON,
+)
 from pacb_edge.core.consoles import stderr_console, stdout_console
 from pacb_edge.core.errors import PacbEdgeError
 
@@ -322,23 +333,15 @@ def profile_cmd(
     data_dir: Annotated[
         str | None, typer.Option(help="Dataset folder (real images calibrate INT8 candidates).")
     ] = None,
-    host: Annotated[str | None, typer.Option(rich_help_panel="Jetson (--target jetson)", help="user@host.")] = None,
-    port: Annotated[int | None, typer.Option(rich_help_panel="Jetson (--target jetson)", help="ssh port.")] = None,
-    remote_dir: Annotated[
-        str, typer.Option(rich_help_panel="Jetson (--target jetson)", help="Folder on the device.")
-    ] = "~/pacb_edge",
+    host: PROFILE_JETSON.Host = None,
+    port: PROFILE_JETSON.Port = None,
+    remote_dir: PROFILE_JETSON.RemoteDir = REMOTE_DIR,
     local: Annotated[
         bool, typer.Option(rich_help_panel="Jetson (--target jetson)", help="Run on this machine (the Jetson).")
     ] = False,
-    python: Annotated[
-        str, typer.Option(rich_help_panel="Jetson (--target jetson)", help="Python with TensorRT on the device.")
-    ] = "python3",
-    identity: Annotated[
-        str | None, typer.Option(rich_help_panel="Jetson (--target jetson)", help="ssh identity file.")
-    ] = None,
-    ssh_config: Annotated[
-        str | None, typer.Option(rich_help_panel="Jetson (--target jetson)", help="ssh config file.")
-    ] = None,
+    python: PROFILE_JETSON.Python = PYTHON,
+    identity: PROFILE_JETSON.Identity = None,
+    ssh_config: PROFILE_JETSON.SshConfig = None,
     backend: Annotated[
         str, typer.Option(rich_help_panel="Jetson (--target jetson)", help="tensorrt or onnxruntime.")
     ] = "tensorrt",
@@ -346,13 +349,8 @@ def profile_cmd(
         str | None,
         typer.Option(help="jetson: fp32, fp16 (default) or int8; android: fp32 (default) or int8 TFLite."),
     ] = None,
-    serial: Annotated[
-        str | None, typer.Option(rich_help_panel="Android (--target android)", help="adb serial.")
-    ] = None,
-    benchmark_binary: Annotated[
-        Path | None,
-        typer.Option(rich_help_panel="Android (--target android)", help="TFLite benchmark_model for the phone."),
-    ] = None,
+    serial: PROFILE_ANDROID.Serial = None,
+    benchmark_binary: PROFILE_ANDROID.BenchmarkBinary = None,
     delegate: Annotated[
         str, typer.Option(rich_help_panel="Android (--target android)", help="cpu, xnnpack, gpu or nnapi.")
     ] = "xnnpack",
@@ -478,32 +476,12 @@ def export(
     ] = "",
     data_dir: Annotated[str | None, typer.Option(help="Dataset folder, for verification on real test images.")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Verify on the first N test images only.")] = None,
-    host: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel="TensorRT (--target trt)",
-            help="trt: user@jetson (or ~/.ssh/config alias) to build and verify on.",
-        ),
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(rich_help_panel="TensorRT (--target trt)", help="trt: ssh port for --host.")
-    ] = None,
-    ssh_config: Annotated[
-        str | None, typer.Option(rich_help_panel="TensorRT (--target trt)", help="trt: ssh config file (ssh -F).")
-    ] = None,
-    identity: Annotated[
-        str | None, typer.Option(rich_help_panel="TensorRT (--target trt)", help="trt: ssh identity file (ssh -i).")
-    ] = None,
-    remote_dir: Annotated[
-        str, typer.Option(rich_help_panel="TensorRT (--target trt)", help="trt: folder on --host (~/ allowed).")
-    ] = "~/pacb_edge",
-    python: Annotated[
-        str,
-        typer.Option(
-            rich_help_panel="TensorRT (--target trt)",
-            help="trt: Python with TensorRT on the Jetson (JetPack: python3).",
-        ),
-    ] = ("python3"),
+    host: EXPORT_JETSON.Host = None,
+    port: EXPORT_JETSON.Port = None,
+    ssh_config: EXPORT_JETSON.SshConfig = None,
+    identity: EXPORT_JETSON.Identity = None,
+    remote_dir: EXPORT_JETSON.RemoteDir = REMOTE_DIR,
+    python: EXPORT_JETSON.Python = PYTHON,
 ) -> None:
     """Export a checkpoint to ONNX, TensorRT or INT8 TFLite, each verified against PyTorch on real test images."""
     from pacb_edge.export.api import export_checkpoint, int8_line
@@ -553,32 +531,17 @@ def bench(
     dataset: Annotated[str | None, typer.Option(help="Expected dataset (checked against each manifest).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Dataset folder.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.csv and pareto.png.")] = Path("bench"),
-    host: Annotated[
-        str | None,
-        typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: user@host (honours ~/.ssh/config)."),
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: ssh port.")
-    ] = None,
-    remote_dir: Annotated[
-        str, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: folder on the device (~/ allowed).")
-    ] = "~/pacb_edge",
+    host: BENCH_JETSON.Host = None,
+    port: BENCH_JETSON.Port = None,
+    remote_dir: BENCH_JETSON.RemoteDir = REMOTE_DIR,
     local: Annotated[
         bool,
         typer.Option(
             rich_help_panel="Jetson (--device jetson)", help="jetson: run on this machine (on the Jetson itself)."
         ),
     ] = False,
-    python: Annotated[
-        str,
-        typer.Option(
-            rich_help_panel="Jetson (--device jetson)",
-            help="jetson: Python with TensorRT's bindings (JetPack 4.6: the system python3).",
-        ),
-    ] = "python3",
-    identity: Annotated[
-        str | None, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: ssh identity file (ssh -i).")
-    ] = None,
+    python: BENCH_JETSON.Python = PYTHON,
+    identity: BENCH_JETSON.Identity = None,
     backend: Annotated[
         str, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: tensorrt or onnxruntime.")
     ] = "tensorrt",
@@ -589,22 +552,10 @@ def bench(
             help="jetson: fp32, fp16 or int8 (default fp16 for tensorrt, fp32 for onnxruntime).",
         ),
     ] = None,
-    ssh_config: Annotated[
-        str | None, typer.Option(rich_help_panel="Jetson (--device jetson)", help="jetson: ssh config file (ssh -F).")
-    ] = None,
-    serial: Annotated[
-        str | None, typer.Option(rich_help_panel="Android (--device android)", help="android: adb serial.")
-    ] = None,
-    benchmark_binary: Annotated[
-        Path | None,
-        typer.Option(rich_help_panel="Android (--device android)", help="android: TFLite benchmark_model binary."),
-    ] = None,
-    eval_binary: Annotated[
-        Path | None,
-        typer.Option(
-            rich_help_panel="Android (--device android)", help="android: TFLite run_eval (image classification)."
-        ),
-    ] = None,
+    ssh_config: BENCH_JETSON.SshConfig = None,
+    serial: BENCH_ANDROID.Serial = None,
+    benchmark_binary: BENCH_ANDROID.BenchmarkBinary = None,
+    eval_binary: BENCH_ANDROID.EvalBinary = None,
     delegate: Annotated[
         str,
         typer.Option(
@@ -745,12 +696,12 @@ def reproduce(
     train_limit: Annotated[int | None, typer.Option(help="Cap training images at N (test split stays whole).")] = None,
     archs: Annotated[str | None, typer.Option(help="Comma-separated subset of the paper's architectures.")] = None,
     device: Annotated[str, typer.Option(help="cpu, or also jetson / android for on-device columns.")] = "cpu",
-    host: Annotated[str | None, typer.Option(help="jetson: user@host.")] = None,
-    port: Annotated[int | None, typer.Option(help="jetson: ssh port.")] = None,
-    remote_dir: Annotated[str, typer.Option(help="jetson: folder on the device.")] = "pacb_edge",
-    serial: Annotated[str | None, typer.Option(help="android: adb serial.")] = None,
-    benchmark_binary: Annotated[Path | None, typer.Option(help="android: TFLite benchmark_model binary.")] = None,
-    eval_binary: Annotated[Path | None, typer.Option(help="android: TFLite run_eval, for on-device accuracy.")] = None,
+    host: REPRODUCE_JETSON.Host = None,
+    port: REPRODUCE_JETSON.Port = None,
+    remote_dir: REPRODUCE_JETSON.RemoteDir = REMOTE_DIR,
+    serial: REPRODUCE_ANDROID.Serial = None,
+    benchmark_binary: REPRODUCE_ANDROID.BenchmarkBinary = None,
+    eval_binary: REPRODUCE_ANDROID.EvalBinary = None,
     threads: Annotated[
         int | None,
         typer.Option(help="Torch threads in all: the host bench's, split over the jobs (default: all cores)."),
