@@ -7,6 +7,7 @@ A failing artifact gets a failed record; the others still run and are written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -28,6 +29,7 @@ from pacb_edge.device_bench.record import (
     BenchResult,
     latency_stats,
 )
+from pacb_edge.export.runners import runner_for, time_interleaved
 
 DEVICES = ("cpu", "jetson", "android")
 
@@ -142,42 +144,40 @@ def host_device_facts(threads: int | None) -> dict[str, Any]:
 def _bench_host(
     items: list[tuple[str, dict, dict]], opts: BenchOptions, cache: dict, results: dict[str, BenchResult]
 ) -> None:
-    from pacb_edge.device_bench.host import runner_for, time_interleaved
-
-    loaded = {}
-    for path, spec, manifest in items:
-        rec = results[path]
-        try:
-            runner = runner_for(path, opts.threads).load()
-            x, y = _test_arrays(spec, opts, cache, manifest)
-            x = x.astype(np.float32, copy=False)  # raw pixels as float 0-255 (the float artifacts' input type)
-            logits = runner.infer(x)
-            rec.top1, rec.n_eval, rec.accuracy_source = (
-                float((logits.argmax(1) == y).mean()),
-                int(len(y)),
-                ACCURACY_DEVICE,
-            )
-            rec.format, rec.runner, rec.precision = runner.fmt, runner.runner, runner.precision
-            rec.extra["input"] = "raw pixels 0-255" if takes_raw_pixels(manifest) else "normalized"
-            sample = x[:1]
-            if hasattr(runner, "prepare"):
-                prepared = runner.prepare(sample)
-                loaded[path] = (runner, lambda r=runner, p=prepared: r.run_prepared(p))
-            else:
-                loaded[path] = (runner, lambda r=runner, s=sample: r.infer_one(s))
-        except PacbEdgeError as e:
-            rec.status, rec.error = STATUS_FAILED, str(e)
-    if loaded:
-        samples = time_interleaved({k: fn for k, (_, fn) in loaded.items()}, opts.warmup, opts.runs, opts.min_time)
-        for path, ms in samples.items():
+    with contextlib.ExitStack() as open_runners:  # every loaded runner is closed, whatever fails
+        loaded = {}
+        for path, spec, manifest in items:
             rec = results[path]
-            rec.latency_ms = latency_stats(ms)
-            rec.throughput_ips = 1000.0 / rec.latency_ms["mean"]
-            rec.extra["interleaved_with"] = len(samples)
-            loaded[path][0].close()
+            try:
+                runner = open_runners.enter_context(runner_for(path, opts.threads))
+                x, y = _test_arrays(spec, opts, cache, manifest)
+                x = x.astype(np.float32, copy=False)  # raw pixels as float 0-255 (the float artifacts' input type)
+                logits = runner.infer(x)
+                rec.top1, rec.n_eval, rec.accuracy_source = (
+                    float((logits.argmax(1) == y).mean()),
+                    int(len(y)),
+                    ACCURACY_DEVICE,
+                )
+                rec.format, rec.runner, rec.precision = runner.fmt, runner.runner, runner.precision
+                rec.extra["input"] = "raw pixels 0-255" if takes_raw_pixels(manifest) else "normalized"
+                sample = x[:1]
+                if hasattr(runner, "prepare"):
+                    prepared = runner.prepare(sample)
+                    loaded[path] = (runner, lambda r=runner, p=prepared: r.run_prepared(p))
+                else:
+                    loaded[path] = (runner, lambda r=runner, s=sample: r.infer_one(s))
+            except PacbEdgeError as e:
+                rec.status, rec.error = STATUS_FAILED, str(e)
+        if loaded:
+            samples = time_interleaved({k: fn for k, (_, fn) in loaded.items()}, opts.warmup, opts.runs, opts.min_time)
+            for path, ms in samples.items():
+                rec = results[path]
+                rec.latency_ms = latency_stats(ms)
+                rec.throughput_ips = 1000.0 / rec.latency_ms["mean"]
+                rec.extra["interleaved_with"] = len(samples)
 
 
-def _bench_jetson(items, opts: BenchOptions, results: dict[str, BenchResult]) -> None:
+def _bench_jetson(items, opts: BenchOptions, cache: dict, results: dict[str, BenchResult]) -> None:
     from pacb_edge.device_bench.jetson import JetsonRunner
 
     runner = JetsonRunner(
@@ -208,7 +208,7 @@ def _bench_android(items, opts: BenchOptions, cache: dict, results: dict[str, Be
     import tempfile
 
     from pacb_edge.device_bench.android import AndroidRunner, write_eval_set
-    from pacb_edge.device_bench.host import LiteRTRunner
+    from pacb_edge.export.runners import LiteRTRunner
 
     runner = AndroidRunner(warmup=opts.warmup, runs=opts.runs, threads=opts.threads or 4, **opts.android)
     for path, spec, manifest in items:
@@ -216,8 +216,8 @@ def _bench_android(items, opts: BenchOptions, cache: dict, results: dict[str, Be
             if Path(path).suffix != ".tflite":
                 raise PacbEdgeError(f"{Path(path).name}: Android runs .tflite files only")
             x, y = _test_arrays(spec, opts, cache, manifest)
-            host = LiteRTRunner(path).load()
-            host_top1 = float((host.infer(x).argmax(1) == y).mean())
+            with LiteRTRunner(path) as host:
+                host_top1 = float((host.infer(x).argmax(1) == y).mean())
             with tempfile.TemporaryDirectory(prefix="pacb_eval_") as eval_dir:
                 eval_set = None
                 if runner.eval_binary is not None:
@@ -228,6 +228,10 @@ def _bench_android(items, opts: BenchOptions, cache: dict, results: dict[str, Be
             results[path] = _merge(results[path], rec)
         except PacbEdgeError as e:
             results[path].status, results[path].error = STATUS_FAILED, str(e)
+
+
+# One row per device: each fills the records of the artifacts it was given, the same BenchResult for all three.
+DEVICE_BENCHES = {"cpu": _bench_host, "jetson": _bench_jetson, "android": _bench_android}
 
 
 def _merge(base: BenchResult, measured: BenchResult) -> BenchResult:
@@ -290,15 +294,10 @@ def run_bench(artifacts: list[str], opts: BenchOptions) -> list[BenchResult]:
             items.append((path, spec, manifest))
         except PacbEdgeError as e:
             rec.status, rec.error = STATUS_FAILED, str(e)
-    cache: dict = {}
+    DEVICE_BENCHES[opts.device](items, opts, {}, results)
     if opts.device == "cpu":
-        _bench_host(items, opts, cache, results)
         for rec in results.values():
             rec.device_facts = host_device_facts(opts.threads)
-    elif opts.device == "jetson":
-        _bench_jetson(items, opts, results)
-    else:
-        _bench_android(items, opts, cache, results)
     ordered = [results[p] for p in paths]
     base = results.get(opts.baseline) if opts.baseline else None
     for rec in ordered:

@@ -16,7 +16,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,23 +127,23 @@ def convert_onnx_to_tflite(
 def time_tflite(
     paths: Sequence[str | Path], num_threads: int | None = None, runs: int = 50, warmup: int = 5
 ) -> dict[str, float]:
-    """Per-image p50 latency (ms, batch 1) of each `.tflite` file on the host, runs interleaved A B A B.
+    """Per-image p50 latency (ms, batch 1) of each `.tflite` file on the host, interleaved (`time_interleaved`).
 
     Every file gets the same thread count and a zero input of its own type; returns {path: p50 ms}.
     """
-    interpreters = [_interpreter(p, num_threads) for p in paths]
-    for interpreter in interpreters:
-        inp = interpreter.get_input_details()[0]
-        interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
-        for _ in range(warmup):
-            interpreter.invoke()
-    times: list[list[float]] = [[] for _ in interpreters]
-    for _ in range(runs):
-        for i, interpreter in enumerate(interpreters):
-            t0 = time.perf_counter()
-            interpreter.invoke()
-            times[i].append(1000 * (time.perf_counter() - t0))
-    return {str(p): float(np.median(t)) for p, t in zip(paths, times, strict=True)}
+    from pacb_edge.export.runners import LiteRTRunner, time_interleaved
+
+    runners = [LiteRTRunner(p, num_threads).load() for p in paths]
+    try:
+        calls = {}
+        for p, r in zip(paths, runners, strict=True):
+            zero = np.zeros(r.inp["shape"], dtype=r.inp["dtype"])
+            calls[str(p)] = lambda r=r, zero=zero: r.run_prepared(zero)
+        samples = time_interleaved(calls, warmup=warmup, runs=runs)
+    finally:
+        for r in runners:
+            r.close()
+    return {key: float(np.median(t)) for key, t in samples.items()}
 
 
 def pin_input_range(images: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -195,34 +194,11 @@ def evaluate_tflite(
     x_nchw = np.asarray(x_nchw, dtype=np.float32)
     if x_nchw.ndim != 4:
         raise PacbEdgeError(f"evaluate_tflite expects N×C×H×W images, got shape {tuple(x_nchw.shape)}")
-    interpreter = _interpreter(path, num_threads)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    shape = tuple(int(s) for s in inp["shape"])
-    n, c, h, w = x_nchw.shape
-    if shape == (1, h, w, c):
-        x = x_nchw.transpose(0, 2, 3, 1)
-    elif shape == (1, c, h, w):
-        x = x_nchw
-    else:
-        raise PacbEdgeError(f"{Path(path).name} expects input shape {list(shape)}, images are {[n, c, h, w]} (NCHW)")
-    in_dtype = np.dtype(inp["dtype"])
-    in_scale, in_zp = _scale_zero_point(inp)
-    out_scale, out_zp = _scale_zero_point(out)
-    if np.issubdtype(in_dtype, np.integer) and in_scale is None:
-        raise PacbEdgeError(f"{Path(path).name} has an {in_dtype.name} input without quantization parameters")
-    logits = np.zeros((n, int(np.prod(out["shape"]))), np.float32)
-    for i in range(n):
-        sample = x[i : i + 1]
-        if np.issubdtype(in_dtype, np.integer):
-            limits = np.iinfo(in_dtype)
-            sample = np.clip(np.round(sample / in_scale + in_zp), limits.min, limits.max)
-        interpreter.set_tensor(inp["index"], np.ascontiguousarray(sample, dtype=in_dtype))
-        interpreter.invoke()
-        result = interpreter.get_tensor(out["index"]).reshape(-1)
-        if out_scale is not None and np.issubdtype(result.dtype, np.integer):
-            result = (result.astype(np.float32) - out_zp) * out_scale
-        logits[i] = result
+    from pacb_edge.export.runners import LiteRTRunner
+
+    n = len(x_nchw)
+    with LiteRTRunner(path, num_threads) as runner:
+        logits = runner.infer(x_nchw).reshape(n, -1) if n else np.zeros((0, 0), np.float32)
     predictions = logits.argmax(1) if logits.shape[1] else np.zeros(n, np.int64)
     report: dict[str, Any] = {"n": int(n), "predictions": predictions}
     if y is not None:

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from pacb_edge.cli.main import app
 from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.device_bench.bench import BenchOptions, run_bench
-from pacb_edge.device_bench.host import time_interleaved
 from pacb_edge.device_bench.record import latency_stats
 from pacb_edge.export.api import export_checkpoint
+from pacb_edge.export.runners import time_interleaved
 
 runner = CliRunner()
 

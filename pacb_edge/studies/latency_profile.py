@@ -232,7 +232,7 @@ class Measurer:
         return self._measure_android(paths)
 
     def _measure_host(self, paths: list[Path], copies: int = 1) -> list[dict[str, float]]:
-        from pacb_edge.device_bench.host import runner_for, time_interleaved
+        from pacb_edge.export.runners import runner_for, time_interleaved
 
         # Sessions load in a shuffled order: the first one created measured ~3 % slower than a later copy of itself.
         slots = [i for i in range(len(paths)) for _ in range(copies)]

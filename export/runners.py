@@ -1,4 +1,9 @@
-"""Host runners (Polygraphy's runner contract): `load()` -> `infer(batch)` -> `close()`, one class per backend.
+"""Host runners (Polygraphy's runner contract), one class per backend, and the one timing routine.
+
+A runner is a context manager: `with runner_for(path, threads) as r: logits = r.infer(batch)` loads on entry and
+closes on exit, whether or not the body raised. `load()` / `close()` stay for callers that hold many at once.
+Export verification (`export.tflite.evaluate_tflite`, `time_tflite`) and the host bench use the same runners and
+`time_interleaved`.
 
 - `TorchRunner`: a checkpoint (safetensors + spec), in eval mode with RepVGG fused, as it is exported.
 - `OnnxRuntimeRunner`: an .onnx file on the CPU execution provider.
@@ -45,6 +50,12 @@ class HostRunner:
 
     def close(self) -> None:
         pass
+
+    def __enter__(self) -> HostRunner:
+        return self.load()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class TorchRunner(HostRunner):
@@ -93,21 +104,35 @@ class LiteRTRunner(HostRunner):
     def load(self) -> LiteRTRunner:
         from ai_edge_litert.interpreter import Interpreter
 
+        if not self.path.is_file():
+            raise PacbEdgeError(f"TFLite file not found: {self.path}")
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
             self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise PacbEdgeError(f"LiteRT cannot load {self.path}: {str(e).splitlines()[0][:200]}") from None
+        except Exception as e:  # LiteRT raises ValueError, RuntimeError or its own types for a bad file
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            raise PacbEdgeError(f"LiteRT cannot load {self.path}: {lines[0][:200]}") from None
         self.inp = self.interpreter.get_input_details()[0]
         self.out = self.interpreter.get_output_details()[0]
-        self.nhwc = len(self.inp["shape"]) == 4 and self.inp["shape"][-1] in (1, 3) and self.inp["shape"][1] > 3
         dtype = np.dtype(self.inp["dtype"])
+        if np.issubdtype(dtype, np.integer) and not self.inp["quantization"][0]:
+            raise PacbEdgeError(f"{self.path.name} has an {dtype.name} input without quantization parameters")
         self.precision = "int8" if dtype == np.int8 else ("fp16" if "fp16" in self.path.name else "fp32")
         return self
 
+    def layout(self, x: np.ndarray) -> str:
+        """NHWC or NCHW: which of the two the file's input shape is for these NCHW images."""
+        shape = tuple(int(s) for s in self.inp["shape"])
+        n, c, h, w = x.shape
+        if shape[1:] == (h, w, c):
+            return "NHWC"
+        if shape[1:] == (c, h, w):
+            return "NCHW"
+        raise PacbEdgeError(f"{self.path.name} expects input shape {list(shape)}, images are {[n, c, h, w]} (NCHW)")
+
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """NCHW float -> the file's own input layout and dtype (quantized with its scale and zero point)."""
-        if self.nhwc:
+        if self.layout(x) == "NHWC":
             x = x.transpose(0, 2, 3, 1)
         dtype = np.dtype(self.inp["dtype"])
         if dtype in (np.int8, np.uint8):
