@@ -4,6 +4,7 @@ check with onnxruntime against PyTorch on real test images."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,20 @@ import numpy as np
 
 from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.core.fileio import atomic_path
+from pacb_edge.export.context import (
+    PIXEL_RANGE,
+    ExportContext,
+    ExportFormat,
+    input_info,
+    manifest_common,
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 MIN_FP32_AGREEMENT = 0.999
 
 
-PIXEL_RANGE = (0, 255)
 # What every exported artifact's manifest says about its input: raw pixels, normalized inside the graph.
-RAW_PIXEL_INPUT = {"pixel_range": list(PIXEL_RANGE), "normalization": "in-model"}
 
 
 def deployable(model):
@@ -176,3 +182,50 @@ def verify_onnx(path: str | Path, model, x: np.ndarray, y: np.ndarray, min_agree
             f"< {100 * min_agreement:.1f} % (max abs diff {result['max_abs_diff']:.2e})"
         )
     return result
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The ONNX format's row
+
+
+def onnx_file(ctx: ExportContext, opset: int | None = None) -> Path:
+    """Export (once per opset) the ONNX file every format starts from; `--opset` unless one is given."""
+    opset = ctx.opset if opset is None else opset
+    if opset not in ctx.onnx_files:
+        name = "model.onnx" if opset == ctx.opset else f".model_opset{opset}.onnx"
+        ctx.onnx_files[opset] = export_onnx(
+            ctx.model, ctx.spec, ctx.staging / name, opset=opset, dynamic_batch=ctx.dynamic_batch
+        )
+    return ctx.onnx_files[opset]
+
+
+def export_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[dict[str, Any]]:
+    from pacb_edge.export.manifest import tool_versions, write_manifest
+
+    t0 = time.perf_counter()
+    path = onnx_file(ctx)
+    seconds = time.perf_counter() - t0
+    verification = verify_onnx(path, ctx.model, ctx.x_test, ctx.y_test, MIN_FP32_AGREEMENT)
+    verification["torch_top1"] = ctx.torch_top1
+    write_manifest(
+        path,
+        fmt="onnx",
+        precision="fp32",
+        input_info=input_info(ctx.spec),
+        output_info={"name": "logits", "shape": [1, ctx.spec.num_classes]},
+        verification=verification,
+        tools=tool_versions("torch", "onnx", "onnxsim", "onnxruntime"),
+        extra={
+            "export_seconds": seconds,
+            "opset": ctx.opset,
+            "dynamic_batch": ctx.dynamic_batch,
+            "model": ctx.model_facts,
+        },
+        **manifest_common(ctx),
+    )
+    return [
+        {"path": path, "format": "onnx", "precision": "fp32", "verification": verification, "export_seconds": seconds}
+    ]
+
+
+FORMAT = ExportFormat("onnx", ".onnx", ("fp32",), False, export_target, ("fp32",), options=("dynamic_batch",))

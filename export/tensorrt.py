@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -30,6 +32,9 @@ from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.core.fileio import atomic_path, atomic_write_json, ensure_dir
 from pacb_edge.core.remote import SSHTarget, remote_path
 from pacb_edge.core.runtimes import PRECISIONS
+from pacb_edge.export.context import ExportContext, ExportFormat, input_info, manifest_common
+
+log = logging.getLogger(__name__)
 
 BUNDLE_ONNX = "model.onnx"
 BUNDLE_CALIBRATION = "calibration.npy"
@@ -394,3 +399,101 @@ def last_line(text: str | None) -> str:
     """The last non-empty line of `text`, stripped ("" when none)."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The TensorRT format's row
+
+
+def export_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A Jetson bundle at the target TensorRT's opset, checked against its parser before anything is written;
+    with `--host` (or TensorRT here) the engine is built where it runs and its accuracy verified like any artifact."""
+    from pacb_edge.export.manifest import tool_versions
+    from pacb_edge.export.onnx import onnx_file
+    from pacb_edge.export.trt_check import get_profile, preflight, profile_for_device
+
+    profile = get_profile(ctx.trt_version)
+    session = None
+    if ctx.ssh.get("host"):  # ask the device which parser it has before anything is built or sent
+        session = BundleSession(**ctx.ssh)
+        profile, differs = profile_for_device(session.tensorrt_version(), ctx.trt_version)
+        if differs:
+            log.warning("%s", differs)
+            ctx.notes.append(differs)
+    opset = min(ctx.opset, profile.max_opset)
+    onnx_path = onnx_file(ctx, opset)
+    preflight(onnx_path, profile.version)  # refuse here, before the bundle is written or sent anywhere
+    calibration = ctx.calibration()  # always the full set: the bundle may be built as INT8 on the device later
+    manifest = {
+        "format": "trt-bundle",
+        "precisions": list(precisions),
+        **manifest_common(ctx),
+        "input": input_info(ctx.spec),
+        "output": {"name": "logits", "shape": [1, ctx.spec.num_classes]},
+        "mean": list(ctx.spec.mean),
+        "std": list(ctx.spec.std),
+        "class_names": list(ctx.spec.class_names),
+        "calibration_images": int(len(calibration)),
+        "test_images": int(len(ctx.x_test)),
+        "torch_top1": ctx.torch_top1,
+        "opset": opset,
+        "tensorrt_profile": {"version": profile.version, "jetpack": profile.jetpack, "max_opset": profile.max_opset},
+        "preflight": "ok",
+        "tools": tool_versions("torch", "onnx"),
+        "model": ctx.model_facts,
+    }
+    manifest["source_checkpoint"] = str(ctx.checkpoint)
+    t0 = time.perf_counter()
+    bundle = write_bundle(ctx.staging / "jetson_bundle", onnx_path, calibration, ctx.x_test_raw, ctx.y_test, manifest)
+    ok, why = tensorrt_available()
+    if not (ctx.ssh.get("host") or ok):
+        ctx.notes.append(
+            f"TensorRT engines are device-specific and {why}: wrote a Jetson bundle for {profile.label} instead; "
+            "build and verify it on the Jetson with `pacb-edge export --target trt --host USER@JETSON` or "
+            "`pacb-edge bench --device jetson`"
+        )
+        return [
+            {
+                "path": bundle,
+                "format": "trt-bundle",
+                "precision": ",".join(precisions),
+                "verification": {},
+                "export_seconds": time.perf_counter() - t0,
+                "tensorrt_profile": profile.version,
+                "opset": opset,
+            }
+        ]
+    results: list[dict[str, Any]] = []
+    for precision in precisions:
+        if session is not None:
+            result = build_and_verify(bundle, precision, session=session, eval_limit=None)
+        else:
+            result = build_and_verify(bundle, precision, eval_limit=None, **ctx.ssh)
+        verification = {
+            "top1": result["top1"],
+            "torch_top1": ctx.torch_top1,
+            "n": result.get("n_eval"),
+            "drop_vs_torch_pp": 100 * (ctx.torch_top1 - result["top1"]) if result.get("top1") is not None else None,
+            "engine": result.get("engine"),
+            "engine_cache": result.get("engine_cache"),
+            "where": ctx.ssh.get("host") or "here",
+        }
+        ctx.notes.append(
+            f"built the {precision} engine on {ctx.ssh.get('host') or 'this machine'}: {result.get('engine')} "
+            f"(top-1 {100 * (result['top1'] or 0):.2f} %)"
+        )
+        results.append(
+            {
+                "path": bundle,
+                "format": "trt",
+                "precision": precision,
+                "verification": verification,
+                "export_seconds": time.perf_counter() - t0,
+                "tensorrt_profile": profile.version,
+                "opset": opset,
+            }
+        )
+    return results
+
+
+FORMAT = ExportFormat("trt", ".engine", PRECISIONS, True, export_target, ("fp16",), options=("trt_version", "ssh"))

@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ import numpy as np
 from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.core.fileio import atomic_write_bytes, ensure_dir
 from pacb_edge.core.runtimes import PRECISIONS
+from pacb_edge.export.context import ExportContext, ExportFormat, input_info, manifest_common
 
 if TYPE_CHECKING:
     from pacb_edge.export.tflite_quant import Int8Calibration
@@ -447,3 +449,238 @@ def _tensor_info(detail: dict[str, Any], with_layout: bool = False) -> dict[str,
     scale, zero_point = _scale_zero_point(detail)
     info.update({"dtype": np.dtype(detail["dtype"]).name, "scale": scale, "zero_point": zero_point})
     return info
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The TFLite format's row: FP32, FP16 and INT8 files, INT8 with the per-layer report and the mixed-precision budget
+
+INT8_REPORT_NAME = "model_int8_quant_report.json"  # beside model_int8.tflite, with a .png of the worst layers
+DEBUG_IMAGES = 64  # calibration images the per-layer INT8 report runs on
+LATENCY_RUNS = 50  # interleaved timed runs of the mixed and the full-INT8 model
+
+
+def export_target(ctx: ExportContext, precisions: tuple[str, ...]) -> list[dict[str, Any]]:
+    from pacb_edge.export.manifest import tool_versions, write_manifest
+    from pacb_edge.export.onnx import onnx_file
+
+    calibration = ctx.calibration() if "int8" in precisions else ctx.x_test[:1]
+    calibration = pin_input_range(calibration, 0.0, 255.0)  # the INT8 input then takes pixels with scale 1
+    onnx_path = onnx_file(ctx)
+    int8_record: dict[str, Any] = {}
+    choose = _int8_chooser(ctx, calibration, int8_record) if "int8" in precisions else None
+    t0 = time.perf_counter()
+    files = convert_onnx_to_tflite(
+        onnx_path, ctx.staging, calibration, precisions=precisions, stem="model", choose_int8=choose
+    )
+    seconds = time.perf_counter() - t0
+    results = []
+    for precision in precisions:
+        path = Path(files[precision])
+        io = tflite_io_details(path)
+        verification = evaluate_tflite(path, ctx.x_test, ctx.y_test, reference_logits=ctx.torch_logits)
+        verification.pop("predictions", None)
+        verification["torch_top1"] = ctx.torch_top1
+        verification["drop_vs_torch_pp"] = 100 * (ctx.torch_top1 - verification["top1"])
+        if precision == "int8":
+            verification["calibration_images"] = int(len(calibration))
+            scale, zero_point = io["input"].get("scale"), io["input"].get("zero_point")
+            if not (scale and abs(scale - 1.0) < 1e-6 and zero_point == -128):
+                ctx.notes.append(
+                    f"{path.name}: INT8 input has scale {scale} and zero point {zero_point}, not 1 and -128: feed it "
+                    "through its own quantization parameters (TFLite's run_eval would feed it wrongly)"
+                )
+        results.append(
+            {
+                "path": path,
+                "format": "tflite",
+                "precision": precision,
+                "verification": verification,
+                "export_seconds": seconds / len(precisions),
+                "io": io,
+            }
+        )
+    by_precision = {r["precision"]: r for r in results}
+    if "int8" in by_precision:
+        int8 = by_precision["int8"]
+        fp32_top1 = by_precision["fp32"]["verification"]["top1"] if "fp32" in by_precision else ctx.torch_top1
+        int8["verification"]["drop_vs_fp32_pp"] = 100 * (fp32_top1 - int8["verification"]["top1"])
+        int8["int8"] = _int8_summary(ctx, int8_record, int8["verification"], fp32_top1)
+    for r in results:
+        inp = r["io"]["input"]
+        quant = {"scale": inp.get("scale"), "zero_point": inp.get("zero_point")} if r["precision"] == "int8" else {}
+        extra = {"export_seconds": r["export_seconds"], "model": ctx.model_facts}
+        if r["precision"] == "int8":
+            extra["int8_quantization"] = r["int8"]
+        write_manifest(
+            r["path"],
+            fmt="tflite",
+            precision=r["precision"],
+            input_info=input_info(ctx.spec, inp.get("layout", "NHWC"), inp.get("dtype", "float32"), quant),
+            output_info=r["io"]["output"],
+            verification=r["verification"],
+            tools=tool_versions("torch", "onnx", "onnx2tf", "tensorflow", "ai-edge-litert"),
+            extra=extra,
+            **manifest_common(ctx),
+        )
+        r.pop("io")
+    if "int8" in by_precision:
+        drop = by_precision["int8"]["verification"]["drop_vs_fp32_pp"]
+        if drop > ctx.max_int8_drop:
+            message = (
+                f"INT8 accuracy drop {drop:.2f} pp exceeds --max-int8-drop {ctx.max_int8_drop:.2f} pp "
+                f"(INT8 {100 * by_precision['int8']['verification']['top1']:.2f} %)"
+            )
+            if not ctx.allow_drop:
+                ctx.notes.append(message)
+                ctx.refused_drop = message
+            else:
+                ctx.notes.append(message + " — allowed by --allow-drop")
+    return results
+
+
+def _int8_chooser(ctx: ExportContext, calibration_nchw: np.ndarray, record: dict[str, Any]):
+    """`convert_onnx_to_tflite`'s INT8 step: the per-layer report, then mixed precision to `ctx.int8_budget` on the
+    validation split. Fills `record` (layers, budget result, latency and test figures of full INT8); refuses with
+    one line when the budget cannot be met, unless `ctx.allow_drop`."""
+
+    def choose(calibration, work: Path) -> bytes:
+        import torch
+
+        from pacb_edge.export.onnx import torch_logits
+        from pacb_edge.export.tflite_quant import fit_int8_budget
+
+        step = max(1, len(calibration_nchw) // DEBUG_IMAGES)
+        debug = calibration_nchw[::step][:DEBUG_IMAGES].transpose(0, 2, 3, 1)
+        record["layers"] = calibration.layer_report(debug)
+        keep = None
+        if ctx.int8_float_ops:
+            nodes = calibration.ops_of_types(ctx.int8_float_ops)
+            if nodes:
+                keep = ("ops " + ",".join(ctx.int8_float_ops), nodes)
+            else:
+                ctx.notes.append(f"--int8-float-ops: the model has no {', '.join(ctx.int8_float_ops)} operator")
+        x_val, y_val = ctx.validation() if ctx.validation else (np.empty((0,)), np.empty((0,)))
+        if len(x_val) == 0:
+            ctx.notes.append("no validation images: INT8 was not checked against --int8-budget")
+            return calibration.quantize(keep[1] if keep else ())
+        x_val = x_val.astype(np.float32)
+        fp32_top1 = float((torch_logits(ctx.model, x_val).argmax(1) == y_val).mean())
+        result = fit_int8_budget(
+            calibration,
+            record["layers"],
+            lambda path: evaluate_tflite(path, x_val, y_val)["top1"],
+            fp32_top1,
+            ctx.int8_budget,
+            work,
+            keep_float=keep,
+        )
+        record.update(result=result, val_n=int(len(x_val)), val_fp32_top1=fp32_top1)
+        if not result.met:
+            message = (
+                f"INT8 misses --int8-budget {ctx.int8_budget:.2f} pp on the validation split: the best of "
+                f"{len(result.steps)} tries drops {result.drop_pp:.2f} pp with {len(result.float_layers)} layer "
+                f"group(s) in float (full INT8: {result.full_int8_drop_pp:.2f} pp)"
+            )
+            message += int8_hint(ctx.spec)
+            if not ctx.allow_drop:
+                raise PacbEdgeError(message + "; pass --allow-drop to keep it")
+            ctx.notes.append(message + " — kept by --allow-drop")
+        if result.float_nodes:
+            mixed = atomic_write_bytes(work / "int8_mixed.tflite", result.model)
+            full = atomic_write_bytes(work / "int8_full.tflite", result.full_int8)
+            threads = torch.get_num_threads()
+            ms = time_tflite([mixed, full], num_threads=threads, runs=LATENCY_RUNS)
+            record["latency"] = {
+                "threads": threads,
+                "runs": LATENCY_RUNS,
+                "mixed_ms": ms[str(mixed)],
+                "full_int8_ms": ms[str(full)],
+                "ratio": ms[str(mixed)] / ms[str(full)],
+            }
+            record["full_int8_test_top1"] = evaluate_tflite(full, ctx.x_test, ctx.y_test)["top1"]
+        return result.model
+
+    return choose
+
+
+def int8_hint(spec) -> str:
+    """What to change when the budget is missed, where the cause is known: RepVGG with attention (its identity BNs
+    blow up the activation range; see benchmarks/RESULTS.md, INT8 section)."""
+    if spec.arch.startswith("repvgg_") and (spec.attention or "none").lower() != "none":
+        qarep = spec.arch.replace("repvgg_", "qarepvgg_", 1)
+        return f" (RepVGG with attention: train the QARep block, --model {qarep}, for INT8)"
+    return ""
+
+
+def _int8_summary(ctx: ExportContext, record: dict[str, Any], verification: dict[str, Any], fp32_top1: float):
+    """The INT8 file's quantization record for its manifest and the export report; writes the per-layer report
+    (JSON and PNG) beside it in the staging folder."""
+    from pacb_edge.export.tflite_quant import op_counts, write_quant_report
+
+    layers = record.get("layers") or []
+    result = record.get("result")
+    summary: dict[str, Any] = {
+        "report": INT8_REPORT_NAME,
+        "worst_layers": [
+            {k: r[k] for k in ("name", "op_type", "tensor_name", "channel_error", "rmse/scale")} for r in layers[:3]
+        ],
+        "budget_pp": ctx.int8_budget,
+    }
+    if result is not None:
+        full_test = record.get("full_int8_test_top1", verification["top1"])
+        summary.update(
+            met=result.met,
+            float_layers=result.float_layers,
+            float_nodes=result.float_nodes,
+            n_float_ops=len(result.float_nodes),
+            dequantize_ops=op_counts(result.model).get("DEQUANTIZE", 0),
+            full_int8_dequantize_ops=op_counts(result.full_int8).get("DEQUANTIZE", 0),
+            size_bytes=len(result.model),
+            full_int8_size_bytes=len(result.full_int8),
+            val={
+                "n": record["val_n"],
+                "fp32_top1": record["val_fp32_top1"],
+                "top1": result.val_top1,
+                "drop_pp": result.drop_pp,
+                "full_int8_drop_pp": result.full_int8_drop_pp,
+            },
+            test={
+                "top1": verification["top1"],
+                "drop_pp": verification["drop_vs_fp32_pp"],
+                "full_int8_top1": full_test,
+                "full_int8_drop_pp": 100 * (fp32_top1 - full_test),
+            },
+            latency=record.get("latency"),
+            steps=result.steps,
+        )
+    write_quant_report(ctx.staging / INT8_REPORT_NAME, layers, result, extra={"summary": summary})
+    return summary
+
+
+def int8_line(name: str, q: dict) -> str:
+    """One line per INT8 file: its three worst layers, what was kept in float, and the validation drop."""
+    worst = ", ".join(
+        f"{w['name']} ({w['channel_error']:.2f})" if w.get("channel_error") is not None else w["name"]
+        for w in q.get("worst_layers", [])
+    )
+    line = f"{name}: worst INT8 layers {worst or '-'}"
+    if "val" in q:
+        kept = f"{q['n_float_ops']} op(s) in float" if q["n_float_ops"] else "full INT8"
+        line += (
+            f"; {kept}, validation drop {q['val']['drop_pp']:.2f} pp (full INT8 {q['val']['full_int8_drop_pp']:.2f}, "
+            f"budget {q['budget_pp']:.2f})"
+        )
+        if q.get("latency"):
+            line += f", latency x{q['latency']['ratio']:.2f} of full INT8"
+    return line
+
+
+FORMAT = ExportFormat(
+    "tflite",
+    ".tflite",
+    PRECISIONS,
+    False,
+    export_target,
+    PRECISIONS,
+    options=("int8_budget", "int8_float_ops", "max_int8_drop", "allow_drop"),
+)

@@ -339,8 +339,9 @@ def test_export_keeps_the_named_op_types_in_float_and_times_them(small_checkpoin
 @pytest.mark.slow
 @needs_export
 def test_export_records_the_int8_choice(small_checkpoint, tmp_path):
-    from pacb_edge.export.api import INT8_REPORT_NAME, export_checkpoint, int8_line
+    from pacb_edge.export.api import export_checkpoint
     from pacb_edge.export.manifest import read_manifest
+    from pacb_edge.export.tflite import INT8_REPORT_NAME, int8_line
 
     report = export_checkpoint(
         small_checkpoint, ["tflite"], precision="int8", out_dir=tmp_path, calibration_images=32, allow_drop=True
@@ -358,7 +359,7 @@ def test_export_records_the_int8_choice(small_checkpoint, tmp_path):
 
 
 def test_missed_budget_hint_names_the_qarep_block_for_repvgg_with_attention():
-    from pacb_edge.export.api import int8_hint
+    from pacb_edge.export.tflite import int8_hint
     from pacb_edge.models import ModelSpec
 
     assert "--model qarepvgg_a1" in int8_hint(ModelSpec(arch="repvgg_a1", attention="ca"))

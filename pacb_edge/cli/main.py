@@ -484,7 +484,8 @@ def export(
     python: EXPORT_JETSON.Python = PYTHON,
 ) -> None:
     """Export a checkpoint to ONNX, TensorRT or INT8 TFLite, each verified against PyTorch on real test images."""
-    from pacb_edge.export.api import export_checkpoint, int8_line
+    from pacb_edge.export.api import export_checkpoint
+    from pacb_edge.export.tflite import int8_line
 
     report = export_checkpoint(
         checkpoint,
