@@ -134,3 +134,21 @@ def test_export_corrupt_checkpoint_and_unwritable_dir(tiny_run, tmp_path):
     r = runner.invoke(app, ["export", str(tiny_run / "pruned"), "--out", str(blocker / "sub")])
     assert r.exit_code == 1 and "output directory" in r.output
     assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_each_format_owns_its_row_and_refuses_another_formats_options():
+    """The table is the format modules' own rows; an option only another format reads is one line, before any work."""
+    from pacb_edge.export import onnx, tensorrt, tflite
+    from pacb_edge.export.api import validate_args
+
+    assert FORMATS == {"onnx": onnx.FORMAT, "tflite": tflite.FORMAT, "trt": tensorrt.FORMAT}
+    for fmt in FORMATS.values():
+        assert fmt.function.__module__ == f"pacb_edge.export.{'tensorrt' if fmt.name == 'trt' else fmt.name}"
+    for given, text in (
+        ({"ssh": True}, "--host applies to --target trt only"),
+        ({"allow_drop": True}, "--allow-drop applies to --target tflite only"),
+        ({"trt_version": True}, "--trt applies to --target trt only"),
+    ):
+        with pytest.raises(PacbEdgeError, match=text):
+            validate_args([get_format("onnx")], given)
+    validate_args([get_format("onnx"), get_format("tflite")], {"allow_drop": True, "ssh": False})
