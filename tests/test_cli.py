@@ -191,3 +191,19 @@ def test_cli_reference_is_what_the_commands_say(tmp_path):
     committed = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
     assert committed == out.read_text(), "docs/cli.md is stale: run `make docs`"
     assert "## `pacb-edge profile`" in committed and "`--latency-ratio R`" in committed
+
+
+def test_torch_free_name_lists_are_the_registries():
+    """The names `--help` offers (pacb_edge.core.names) are exactly what the registries hold."""
+    from pacb_edge.core.names import ATTENTION_NAMES, CRITERION_NAMES, DATASET_NAMES
+    from pacb_edge.data.datasets import list_datasets
+    from pacb_edge.models import list_attentions
+    from pacb_edge.pruning.pruner import CRITERIA
+
+    assert sorted(ATTENTION_NAMES) == list_attentions()
+    assert set(CRITERION_NAMES) == set(CRITERIA)
+    assert set(DATASET_NAMES) | {"imagefolder:PATH"} == set(list_datasets())
+    import typer
+
+    helps = {p.name: p.help for p in typer.main.get_command(app).commands["train"].params}
+    assert helps["attention"].endswith("lam or none.") and helps["prune"].endswith("random or none.")

@@ -37,6 +37,7 @@ from pacb_edge.cli.params import (
 )
 from pacb_edge.core.consoles import stderr_console, stdout_console
 from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.names import ATTENTION_NAMES, CRITERION_NAMES, DATASET_NAMES, listed
 
 app = typer.Typer(
     name="pacb-edge",
@@ -146,11 +147,9 @@ def train(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Architecture (see `pacb-edge models`).")] = "mobilenetv3_large",
     attention: Annotated[
-        str | None, typer.Option(help="Attention module: ca, sca, se, cbam, eca, sge, lam, none.")
+        str | None, typer.Option(help=f"Attention module: {listed((*ATTENTION_NAMES, 'none'))}.")
     ] = None,
-    dataset: Annotated[
-        str, typer.Option(help="digits, cifar10, cifar100, fashion-mnist, gtsrb or imagefolder:PATH.")
-    ] = ("digits"),
+    dataset: Annotated[str, typer.Option(help=f"{listed((*DATASET_NAMES, 'imagefolder:PATH'))}.")] = ("digits"),
     data_dir: Annotated[str | None, typer.Option(help="Where the dataset files are (or go with --download).")] = None,
     download: Annotated[bool, typer.Option(help="Let torchvision download the dataset.")] = False,
     input_size: Annotated[
@@ -191,9 +190,7 @@ def train(
     sync_bn: Annotated[bool, typer.Option(help="SyncBatchNorm under torchrun.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for splits, init and batches.")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    prune: Annotated[
-        str, typer.Option(help="Pruning criterion: bn-scale, sca-attention, se-attention, l1-norm, random, or none.")
-    ] = "none",
+    prune: Annotated[str, typer.Option(help=f"Pruning criterion: {listed((*CRITERION_NAMES, 'none'))}.")] = "none",
     prune_ratio: Annotated[float | None, typer.Option(help="Global fraction of prunable channels to remove.")] = None,
     prune_threshold: Annotated[float | None, typer.Option(help="Remove channels scoring below this instead.")] = None,
     layer_ratio: Annotated[list[str] | None, typer.Option(help="Per-layer ratio NAME=RATIO (repeatable).")] = None,

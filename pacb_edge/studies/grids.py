@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.names import DATASET_NAMES
 from pacb_edge.core.runtimes import resolve_round_to
 from pacb_edge.studies.cells import CellConfig, CellRunner
 from pacb_edge.studies.paper_numbers import CPSCA_PAPER, PACB_VARIANTS
 from pacb_edge.training.recipes import RECIPES, SMALL_IMAGE
 
 PAPERS = ("pacb", "cpsca")
-DATASETS = ("digits", "cifar10", "cifar100", "fashion-mnist", "gtsrb")
+DATASETS = DATASET_NAMES  # every named dataset (not imagefolder: the papers' tables need a known one)
 DEVICES = ("cpu", "jetson", "android")
 BUDGETS = ("paper", "cpu")
 ARCHS = {"pacb": ("mobilenetv3_large", "repvgg_a0"), "cpsca": ("vgg16", "resnet56")}
