@@ -10,33 +10,33 @@ REMOTE_DIR = "~/pacb_edge"  # the default folder on the Jetson
 PYTHON = "python3"  # the default Python on the Jetson (JetPack 4.6: the system Python 3.6 has TensorRT's bindings)
 
 
+def _option(panel: str | None, text: str):
+    return typer.Option(rich_help_panel=panel, help=text)
+
+
 class JetsonOptions:
     """The ssh options of one command, shown under `panel` in its --help."""
 
     def __init__(self, panel: str | None) -> None:
-        def option(text: str):
-            return typer.Option(rich_help_panel=panel, help=text)
-
-        self.Host = Annotated[str | None, option("jetson: user@host (or an ~/.ssh/config alias).")]
-        self.Port = Annotated[int | None, option("jetson: ssh port.")]
-        self.RemoteDir = Annotated[str, option("jetson: folder on the device (~/ allowed).")]
+        self.Host = Annotated[str | None, _option(panel, "jetson: user@host (or an ~/.ssh/config alias).")]
+        self.Port = Annotated[int | None, _option(panel, "jetson: ssh port.")]
+        self.RemoteDir = Annotated[str, _option(panel, "jetson: folder on the device (~/ allowed).")]
         self.Python = Annotated[
-            str, option("jetson: Python with TensorRT's bindings (JetPack 4.6: the system python3).")
+            str, _option(panel, "jetson: Python with TensorRT's bindings (JetPack 4.6: the system python3).")
         ]
-        self.Identity = Annotated[str | None, option("jetson: ssh identity file (ssh -i).")]
-        self.SshConfig = Annotated[str | None, option("jetson: ssh config file (ssh -F).")]
+        self.Identity = Annotated[str | None, _option(panel, "jetson: ssh identity file (ssh -i).")]
+        self.SshConfig = Annotated[str | None, _option(panel, "jetson: ssh config file (ssh -F).")]
 
 
 class AndroidOptions:
     """The adb options of one command, shown under `panel` in its --help."""
 
     def __init__(self, panel: str | None) -> None:
-        def option(text: str):
-            return typer.Option(rich_help_panel=panel, help=text)
-
-        self.Serial = Annotated[str | None, option("android: adb serial (needed with several phones).")]
-        self.BenchmarkBinary = Annotated[Path | None, option("android: TFLite benchmark_model binary for the phone.")]
-        self.EvalBinary = Annotated[Path | None, option("android: TFLite run_eval, for on-device accuracy.")]
+        self.Serial = Annotated[str | None, _option(panel, "android: adb serial (needed with several phones).")]
+        self.BenchmarkBinary = Annotated[
+            Path | None, _option(panel, "android: TFLite benchmark_model binary for the phone.")
+        ]
+        self.EvalBinary = Annotated[Path | None, _option(panel, "android: TFLite run_eval, for on-device accuracy.")]
 
 
 PROFILE_JETSON = JetsonOptions("Jetson (--target jetson)")
