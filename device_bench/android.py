@@ -201,50 +201,59 @@ class AndroidRunner:
         warning, without it that is an error. `log_path` keeps benchmark_model's raw output.
         """
         tflite = Path(tflite_path)
+        manifest_dict = _manifest_dict(manifest)
+        plan = self._plan(tflite, manifest_dict, eval_set, host_top1)
+        measured = self._measure(tflite, plan, eval_set, log_path)
+        return self._record(tflite, manifest_dict, plan, measured, host_top1, host_n_eval)
+
+    def _plan(
+        self, tflite: Path, manifest: dict[str, Any], eval_set: EvalSet | None, host_top1: float | None
+    ) -> dict[str, Any]:
+        """Check the files and the eval set before anything touches the phone: whether accuracy is measured there,
+        how many images it should score, and the warnings and extra facts so far."""
         if not tflite.is_file():
             raise PacbEdgeError(f"model file not found: {tflite}")
         if self.benchmark_binary is None:
             raise PacbEdgeError("no benchmark_model binary given: pass the Android build of TFLite's benchmark_model")
         if not self.benchmark_binary.is_file():
             raise PacbEdgeError(f"benchmark_model binary not found: {self.benchmark_binary}")
-        manifest_dict = _manifest_dict(manifest)
-        spec, precision = _spec_of(manifest_dict), manifest_dict.get("precision")
-        on_device_eval = self.eval_binary is not None and eval_set is not None
-        warnings: list[str] = []
-        extra: dict[str, Any] = {}
-        if self.eval_binary is not None and eval_set is None:
-            warnings.append("eval binary given but no eval set: accuracy was not measured on the device")
-        n_eval_expected = None
-        if on_device_eval:
-            assert eval_set is not None and self.eval_binary is not None
-            if not self.eval_binary.is_file():
-                raise PacbEdgeError(f"run_eval binary not found: {self.eval_binary}")
-            check = check_eval_inputs(tflite, eval_set, manifest_dict)
-            warnings += check.warnings
-            n_eval_expected = check.n_images
-            if check.feed_problem and host_top1 is None:
-                raise PacbEdgeError(
-                    f"{check.feed_problem}: its on-device accuracy would be wrong; drop the eval binary "
-                    "to use the host accuracy"
-                )
-            if check.feed_problem:
-                warnings.append(f"on-device accuracy refused ({check.feed_problem}); top-1 is host-evaluated")
-                extra["device_eval_refused"] = check.feed_problem
-                on_device_eval = False
+        plan: dict[str, Any] = {"on_device_eval": False, "n_eval_expected": None, "warnings": [], "extra": {}}
+        if self.eval_binary is None:
+            return plan
+        if eval_set is None:
+            plan["warnings"].append("eval binary given but no eval set: accuracy was not measured on the device")
+            return plan
+        if not self.eval_binary.is_file():
+            raise PacbEdgeError(f"run_eval binary not found: {self.eval_binary}")
+        check = check_eval_inputs(tflite, eval_set, manifest)
+        plan["warnings"] += check.warnings
+        plan["n_eval_expected"] = check.n_images
+        if check.feed_problem and host_top1 is None:
+            raise PacbEdgeError(
+                f"{check.feed_problem}: its on-device accuracy would be wrong; drop the eval binary "
+                "to use the host accuracy"
+            )
+        if check.feed_problem:
+            plan["warnings"].append(f"on-device accuracy refused ({check.feed_problem}); top-1 is host-evaluated")
+            plan["extra"]["device_eval_refused"] = check.feed_problem
+        else:
+            plan["on_device_eval"] = True
+        return plan
 
-        device = self.device
+    def _measure(
+        self, tflite: Path, plan: dict[str, Any], eval_set: EvalSet | None, log_path: str | os.PathLike | None
+    ) -> dict[str, Any]:
+        """Push, run benchmark_model (and run_eval), and always remove what was pushed."""
+        device, on_device_eval, warnings = self.device, plan["on_device_eval"], plan["warnings"]
         serial = device.select_device(self.serial)
         facts = device.device_facts(serial)
         device.check_abi(self.benchmark_binary, facts)
         if on_device_eval:
-            assert self.eval_binary is not None
             device.check_abi(self.eval_binary, facts)
         device.shell(serial, ["mkdir", "-p", self.remote_dir], "shell mkdir")
         remote_bin = device.push_binary(serial, self.benchmark_binary)
         remote_model = device.remote(tflite.name)
-        pushed = [remote_model]
-        if on_device_eval:
-            pushed.append(device.remote("eval_set"))
+        pushed = [remote_model] + ([device.remote("eval_set")] if on_device_eval else [])
         accuracy: dict[str, Any] | None = None
         try:
             push = ["push", str(tflite), remote_model]
@@ -261,10 +270,11 @@ class AndroidRunner:
             if done.returncode != 0:
                 warnings.append(f"benchmark_model exited with code {done.returncode} but printed timings")
             if self.enable_op_profiling:
-                extra["op_profile"] = self._op_profile(device, serial, remote_bin, remote_model, tflite, log_path)
+                plan["extra"]["op_profile"] = self._op_profile(
+                    device, serial, remote_bin, remote_model, tflite, log_path
+                )
             if on_device_eval:
-                assert eval_set is not None and self.eval_binary is not None
-                with step(f"run_eval {tflite.name} on {serial} ({n_eval_expected} images, pushed first)"):
+                with step(f"run_eval {tflite.name} on {serial} ({plan['n_eval_expected']} images, pushed first)"):
                     accuracy = device_accuracy(
                         device,
                         serial,
@@ -278,7 +288,21 @@ class AndroidRunner:
                     )
         finally:
             cleaned = device.cleanup(serial, pushed)
+        if not cleaned:
+            warnings.append(f"could not confirm removal of {', '.join(pushed)} from the device")
+        return {"facts": facts, "argv": argv, "parsed": parsed, "accuracy": accuracy}
 
+    def _record(
+        self,
+        tflite: Path,
+        manifest: dict[str, Any],
+        plan: dict[str, Any],
+        measured: dict[str, Any],
+        host_top1: float | None,
+        host_n_eval: int | None,
+    ) -> BenchResult:
+        """The record: latency from benchmark_model, accuracy from the phone or the host, every warning logged."""
+        parsed, accuracy, warnings, extra = measured["parsed"], measured["accuracy"], plan["warnings"], plan["extra"]
         latency, latency_from = latency_from_parsed(parsed)
         delegate_info, delegate_warnings = delegate_record(parsed, self.delegate)
         warnings += delegate_warnings
@@ -286,8 +310,9 @@ class AndroidRunner:
         if accuracy is not None:
             top1, n_eval, accuracy_source = accuracy["top1"], accuracy["n"], ACCURACY_DEVICE
             extra["device_eval"] = {k: v for k, v in accuracy.items() if k != "top1"}
-            if n_eval_expected is not None and n_eval is not None and n_eval != n_eval_expected:
-                warnings.append(f"run_eval scored {n_eval} images of {n_eval_expected}")
+            expected = plan["n_eval_expected"]
+            if expected is not None and n_eval is not None and n_eval != expected:
+                warnings.append(f"run_eval scored {n_eval} images of {expected}")
             if accuracy["unconsumed_flags"]:
                 warnings.append(
                     f"run_eval ignored {' '.join(accuracy['unconsumed_flags'])}: its accuracy was measured with "
@@ -297,12 +322,8 @@ class AndroidRunner:
                 extra["host_top1"] = host_top1  # kept for comparison, never as the record's accuracy
         elif host_top1 is not None:
             top1, n_eval, accuracy_source = float(host_top1), host_n_eval, ACCURACY_HOST
-
-        if not cleaned:
-            warnings.append(f"could not confirm removal of {', '.join(pushed)} from the device")
         for w in warnings:
             log.warning("%s: %s", tflite.name, w)
-
         mean_ms = latency["mean"]
         extra.update(
             latency_from=latency_from,
@@ -313,7 +334,7 @@ class AndroidRunner:
             warmup_ms=parsed["warmup"],
             memory_mb=parsed["memory_mb"],
             model_size_mb=parsed["model_size_mb"],
-            benchmark_command=shell_join(argv),
+            benchmark_command=shell_join(measured["argv"]),
             requested={"warmup": self.warmup, "runs": self.runs, "threads": self.threads},
             taskset=self.taskset,
             remote_dir=self.remote_dir,
@@ -323,7 +344,7 @@ class AndroidRunner:
             format="tflite",
             device="android",
             runner="benchmark_model",
-            precision=precision,
+            precision=manifest.get("precision"),
             latency_ms=latency,
             throughput_ips=1000.0 / mean_ms if mean_ms else None,
             top1=top1,
@@ -333,7 +354,7 @@ class AndroidRunner:
             threads=parsed["threads"] if parsed["threads"] is not None else self.threads,
             warmup=int(parsed["warmup"]["count"]) if parsed["warmup"] else None,
             runs=int(parsed["inference"]["count"]),
-            device_facts=facts,
+            device_facts=measured["facts"],
             extra=extra,
-            spec=spec,
+            spec=_spec_of(manifest),
         )

@@ -564,7 +564,8 @@ def test_real_adb_no_device_attached(tmp_path, monkeypatch):
 
 
 def test_bench_android_feeds_raw_pixels_to_the_eval_set_and_the_manifest_to_the_runner(device, tmp_path, monkeypatch):
-    from pacb_edge.device_bench import bench, host
+    from pacb_edge.device_bench import bench
+    from pacb_edge.export import runners
 
     pixels = np.random.default_rng(4).integers(0, 256, size=(10, 3, 8, 8), dtype=np.uint8)
     labels = np.arange(10)
@@ -581,6 +582,12 @@ def test_bench_android_feeds_raw_pixels_to_the_eval_set_and_the_manifest_to_the_
         def load(self):
             return self
 
+        def __enter__(self):
+            return self.load()
+
+        def __exit__(self, *exc):
+            seen["closed"] = True
+
         def infer(self, x):
             seen["host_x"] = x
             return np.eye(10)[labels]
@@ -591,7 +598,7 @@ def test_bench_android_feeds_raw_pixels_to_the_eval_set_and_the_manifest_to_the_
         return es
 
     monkeypatch.setattr(bench, "_test_arrays", test_arrays)
-    monkeypatch.setattr(host, "LiteRTRunner", HostRunner)
+    monkeypatch.setattr(runners, "LiteRTRunner", HostRunner)
     monkeypatch.setattr(android, "write_eval_set", write_and_read_back)
     monkeypatch.setattr(run_eval, "_model_io", lambda path: INT8_RAW_IO)
     opts = bench.BenchOptions(
@@ -607,7 +614,7 @@ def test_bench_android_feeds_raw_pixels_to_the_eval_set_and_the_manifest_to_the_
     bench._bench_android([(path, INT8_RAW_MANIFEST["spec"], INT8_RAW_MANIFEST)], opts, {}, results)
     r = results[path]
     assert r.error is None and (r.top1, r.accuracy_source) == (0.8125, "device")
-    assert r.extra["host_top1"] == 1.0 and r.extra["delegate"]["requested"] == "cpu"
+    assert r.extra["host_top1"] == 1.0 and r.extra["delegate"]["requested"] == "cpu" and seen["closed"]
     assert seen["manifest"] is INT8_RAW_MANIFEST and seen["host_x"] is pixels
     assert seen["rgb8"] == [img.transpose(1, 2, 0).tobytes() for img in pixels]  # raw pixels, byte for byte
     pushed = next(p for p in device.pushes() if p[-1].endswith("/eval_set/images/"))
