@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pacb_edge.core.errors import PacbEdgeError
+from pacb_edge.core.remote import PYTHON, REMOTE_DIR
 from pacb_edge.core.runtimes import PRECISIONS
 from pacb_edge.export.tensorrt import (
     BUNDLE_MANIFEST,
@@ -53,7 +54,7 @@ class JetsonRunner:
         self,
         host: str | None = None,
         port: int | None = None,
-        remote_dir: str = "~/pacb_edge",
+        remote_dir: str = REMOTE_DIR,
         backend: str = "tensorrt",
         precision: str | None = "fp16",
         warmup: int = 20,
@@ -61,7 +62,7 @@ class JetsonRunner:
         min_time: float = 0.0,
         threads: int | None = None,
         eval_limit: int | None = None,
-        python: str = "python3",
+        python: str = PYTHON,
         ssh_config: str | None = None,
         identity_file: str | None = None,
         timeout: float = 1800,

@@ -30,7 +30,7 @@ import numpy as np
 from pacb_edge.core.consoles import step
 from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.core.fileio import atomic_path, atomic_write_json, ensure_dir
-from pacb_edge.core.remote import SSHTarget, remote_path
+from pacb_edge.core.remote import PYTHON, REMOTE_DIR, SSHTarget, remote_path
 from pacb_edge.core.runtimes import PRECISIONS
 from pacb_edge.export.context import ExportContext, ExportFormat, input_info, manifest_common
 
@@ -233,8 +233,8 @@ class BundleSession:
         port: int | None = None,
         ssh_config: str | None = None,
         identity_file: str | None = None,
-        remote_dir: str = "~/pacb_edge",
-        python: str = "python3",
+        remote_dir: str = REMOTE_DIR,
+        python: str = PYTHON,
         timeout: float = 1800,
     ) -> None:
         if not python or not str(python).strip():

@@ -30,14 +30,13 @@ from pacb_edge.cli.params import (
     EXPORT_JETSON,
     PROFILE_ANDROID,
     PROFILE_JETSON,
-    PYTHON,
-    REMOTE_DIR,
     REPRODUCE_ANDROID,
     REPRODUCE_JETSON,
 )
 from pacb_edge.core.consoles import stderr_console, stdout_console
 from pacb_edge.core.errors import PacbEdgeError
 from pacb_edge.core.names import ATTENTION_NAMES, CRITERION_NAMES, DATASET_NAMES, listed
+from pacb_edge.core.remote import PYTHON, REMOTE_DIR
 
 app = typer.Typer(
     name="pacb-edge",

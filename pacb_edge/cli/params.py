@@ -6,9 +6,6 @@ from typing import Annotated
 
 import typer
 
-REMOTE_DIR = "~/pacb_edge"  # the default folder on the Jetson
-PYTHON = "python3"  # the default Python on the Jetson (JetPack 4.6: the system Python 3.6 has TensorRT's bindings)
-
 
 def _option(panel: str | None, text: str):
     return typer.Option(rich_help_panel=panel, help=text)

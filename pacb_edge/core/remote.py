@@ -27,6 +27,9 @@ from pathlib import Path
 
 from pacb_edge.core.errors import PacbEdgeError
 
+REMOTE_DIR = "~/pacb_edge"  # the default folder on the Jetson
+PYTHON = "python3"  # the default Python on the Jetson (JetPack 4.6: the system Python 3.6 has TensorRT's bindings)
+
 # Create the folder, then unpack the tar stream from stdin into it. The folder arrives as "$1", never as code.
 _UNTAR_SCRIPT = 'mkdir -p -- "$1" && exec tar -x -f - -C "$1" --no-same-owner'
 # The same, dropping marker "$2" first and writing it (text "$3", via a temp file and mv) only once tar succeeded.
