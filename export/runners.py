@@ -153,6 +153,11 @@ class LiteRTRunner(HostRunner):
     def infer_one(self, x: np.ndarray) -> np.ndarray:
         return self.run_prepared(self.prepare(x))
 
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """The whole batch brought to the file's layout and dtype once, then run one image at a time."""
+        prepared = self.prepare(batch)
+        return np.concatenate([self.run_prepared(prepared[i : i + 1]) for i in range(len(batch))], 0)
+
 
 RUNNERS: dict[str, type[HostRunner]] = {
     ".onnx": OnnxRuntimeRunner,
