@@ -7,6 +7,7 @@ failure leaves no partial artifact behind.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -42,12 +43,14 @@ def get_format(name: str) -> ExportFormat:
 FLAGS = {"trt_version": "--trt", "ssh": "--host"}  # the command-line names that differ from the keyword's
 
 
-def validate_args(formats: list[ExportFormat], given: dict[str, Any]) -> None:
-    """Refuse, in one line and before any work, an option set away from its default that no chosen format reads
-    (each format's row lists its own options)."""
+def validate_args(formats: list[ExportFormat], values: dict[str, Any]) -> None:
+    """Refuse, in one line and before any work, an option set away from its default (`ExportContext`'s; for `ssh`,
+    a host named) that no chosen format reads (each format's row lists its own options)."""
     taken = {o for f in formats for o in f.options}
-    for name, value in given.items():
-        if value and name not in taken:
+    defaults = {f.name: f.default for f in dataclasses.fields(ExportContext)}
+    for name, value in values.items():
+        given = bool((value or {}).get("host")) if name == "ssh" else value != defaults[name]
+        if given and name not in taken:
             owners = "/".join(f.name for f in FORMATS.values() if name in f.options)
             flag = FLAGS.get(name, "--" + name.replace("_", "-"))
             raise PacbEdgeError(f"{flag} applies to --target {owners} only")
@@ -108,11 +111,11 @@ def export_checkpoint(
     validate_args(
         formats,
         {
-            "trt_version": trt_version != DEFAULT_TRT,
-            "ssh": bool((ssh or {}).get("host")),
+            "trt_version": trt_version,
+            "ssh": ssh,
             "allow_drop": allow_drop,
-            "int8_budget": int8_budget != 0.5,
-            "max_int8_drop": max_int8_drop != 1.0,
+            "int8_budget": int8_budget,
+            "max_int8_drop": max_int8_drop,
         },
     )
     precisions = {f.name: parse_precisions(f, precision, lenient=len(formats) > 1) for f in formats}

@@ -145,10 +145,10 @@ def test_each_format_owns_its_row_and_refuses_another_formats_options():
     for fmt in FORMATS.values():
         assert fmt.function.__module__ == f"pacb_edge.export.{'tensorrt' if fmt.name == 'trt' else fmt.name}"
     for given, text in (
-        ({"ssh": True}, "--host applies to --target trt only"),
+        ({"ssh": {"host": "nano"}}, "--host applies to --target trt only"),
         ({"allow_drop": True}, "--allow-drop applies to --target tflite only"),
-        ({"trt_version": True}, "--trt applies to --target trt only"),
+        ({"trt_version": "8.2"}, "--trt applies to --target trt only"),
     ):
         with pytest.raises(PacbEdgeError, match=text):
             validate_args([get_format("onnx")], given)
-    validate_args([get_format("onnx"), get_format("tflite")], {"allow_drop": True, "ssh": False})
+    validate_args([get_format("onnx"), get_format("tflite")], {"allow_drop": True, "ssh": {"host": None}})
